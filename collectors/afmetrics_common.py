@@ -1,0 +1,543 @@
+"""What every afmetrics collector shares: settings, privacy, commands, state, delivery and the run itself.
+
+A collector module provides NAME (its debug file and lock name), SETTINGS, add_arguments(parser) and
+collect(run) -> list of documents; main() and the umbrella command do the rest.
+"""
+import argparse
+import collections
+import configparser
+import errno
+import fcntl
+import grp
+import gzip
+import hashlib
+import json
+import logging
+import os
+import pwd
+import re
+import socket
+import subprocess
+import sys
+import time
+
+__version__ = "1.0.0"
+
+CONFIG_SECTION = "afmetrics"
+DEFAULT_CONFIG = "/etc/afmetrics/afmetrics.conf"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+log = logging.getLogger("afmetrics")
+
+
+class UsageError(Exception):
+    """Bad command line or configuration: exit 2 with this one-line message."""
+
+
+class SourceError(Exception):
+    """A data source (command, API, file) failed: the collector reports this one line and exits 1."""
+
+
+# --- settings ---------------------------------------------------------------------------------------
+# One table drives the config file, the environment (AFMETRICS_<NAME>) and the defaults, so the three
+# can never disagree about a name or a type. The command line fills the same names through argparse.
+Setting = collections.namedtuple("Setting", "name kind default")
+
+
+def _words(text):
+    return [word for word in re.split(r"[\s,]+", text) if word]
+
+
+def _lines(text):
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _boolean(text):
+    value = text.strip().lower()
+    if value in ("1", "yes", "true", "on"):
+        return True
+    if value in ("0", "no", "false", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _default_state_dir():
+    if os.geteuid() == 0:
+        return "/var/lib/afmetrics"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "afmetrics")
+
+
+PARSERS = {"str": str, "int": int, "float": float, "bool": _boolean, "words": _words, "lines": _lines}
+
+COMMON_SETTINGS = [
+    Setting("token", "str", ""),
+    Setting("cluster", "str", ""),
+    Setting("url", "str", "https://af.atlas-ml.org/"),
+    Setting("ca_bundle", "str", ""),
+    Setting("state_dir", "str", None),
+    Setting("timeout", "float", 60.0),
+    Setting("send_budget", "float", 120.0),
+    Setting("spool_max_documents", "int", 100000),
+    Setting("spool_max_age_hours", "float", 168.0),
+    Setting("batch_size", "int", 1),
+    Setting("gzip", "bool", False),
+    Setting("obfuscate_users", "bool", False),
+    Setting("salt", "str", ""),
+    Setting("obfuscate_hosts", "str", ""),
+    Setting("group", "str", ""),
+    Setting("verbose", "int", 0),
+    Setting("debug", "bool", False),
+]
+
+
+def add_common_arguments(parser):
+    # Defaults stay None so that "not given on the command line" can fall through to env, file, default.
+    add = parser.add_argument
+    add("-t", "--token", help="endpoint token (prefer the config file or AFMETRICS_TOKEN: visible in ps)")
+    add("-c", "--cluster", help="cluster name put in every document, e.g. UC-AF")
+    add("-u", "--url", help="endpoint URL (default https://af.atlas-ml.org/)")
+    add("-d", "--debug", action="store_true", default=None,
+        help="write documents as JSON Lines to NAME.json in the current directory instead of sending")
+    add("-v", "--verbose", action="count", default=None, help="-v info, -vv debug logging")
+    add("-o", "--obfuscate-users", action="store_true", default=None,
+        help="replace user names by the last 8 hex digits of MD5(salt + name)")
+    add("-z", "--salt", help="salt for user obfuscation (prefer the config file or AFMETRICS_SALT)")
+    add("-O", "--obfuscate-hosts", metavar="DOMAIN",
+        help="report host names as 'atlas' + their digits + '.DOMAIN'")
+    add("-g", "--group", help="keep only users whose primary or supplementary groups include GROUP")
+    add("--config", metavar="PATH",
+        help="INI config file (default $AFMETRICS_CONFIG, else %s when present)" % DEFAULT_CONFIG)
+    add("--state-dir", metavar="DIR",
+        help="counters, watermark, locks and spool (default /var/lib/afmetrics as root)")
+    add("--ca-bundle", metavar="PEM", help="CA bundle to verify the endpoint with")
+    add("--timeout", metavar="SECONDS", type=float, help="limit for one command or API call (default 60)")
+    add("--send-budget", metavar="SECONDS", type=float,
+        help="time allowed for delivery before the rest is spooled (default 120)")
+    add("--version", action="version", version="afmetrics " + __version__)
+
+
+def read_config_file(path, explicit):
+    """Return {key: raw text} of the [afmetrics] section; {} when no file is configured."""
+    if not os.path.exists(path):
+        if explicit:
+            raise UsageError("config file %s does not exist" % path)
+        return {}
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except (OSError, UnicodeDecodeError, configparser.Error) as error:
+        raise UsageError("cannot read config file %s: %s" % (path, " ".join(str(error).split())))
+    if not parser.has_section(CONFIG_SECTION):
+        raise UsageError("config file %s has no [%s] section" % (path, CONFIG_SECTION))
+    values = dict(parser.items(CONFIG_SECTION))
+    if values.get("token") and os.stat(path).st_mode & 0o004:
+        log.warning("config file %s holds the token and every user can read it: chmod o-r %s", path, path)
+    return values
+
+
+def resolve_settings(parser, settings, argv=None):
+    """Parse argv and merge it with environment, config file and defaults (in that order of precedence)."""
+    args = parser.parse_args(argv)
+    config_path = args.config or os.environ.get("AFMETRICS_CONFIG") or DEFAULT_CONFIG
+    file_values = read_config_file(config_path, explicit=bool(args.config or os.environ.get("AFMETRICS_CONFIG")))
+    known = {setting.name for setting in settings}
+    for key in sorted(set(file_values) - known):
+        log.warning("config file %s: unknown setting %r ignored", config_path, key)
+    for setting in settings:
+        given = getattr(args, setting.name, None)
+        if given is not None:
+            continue
+        env_name = "AFMETRICS_" + setting.name.upper()
+        for origin, raw in (("$" + env_name, os.environ.get(env_name)), (config_path, file_values.get(setting.name))):
+            if raw is None:
+                continue
+            try:
+                given = PARSERS[setting.kind](raw)
+            except ValueError as error:
+                raise UsageError("%s: bad value for %s: %r (%s)" % (origin, setting.name, raw, error))
+            break
+        setattr(args, setting.name, setting.default if given is None else given)
+    args.state_dir = args.state_dir or _default_state_dir()
+    return args
+
+
+def warn_about_visible_secrets(argv):
+    """The seed documents -t and -z, but a command line is readable by every user through ps."""
+    for flags, what in ((("-t", "--token"), "token"), (("-z", "--salt"), "salt")):
+        if any(arg in flags or arg.startswith(tuple(flag + "=" for flag in flags)) for arg in argv):
+            log.warning("the %s was given on the command line, which every user sees in ps: "
+                        "put it in the config file or AFMETRICS_%s instead", what, what.upper())
+
+
+# --- logging ----------------------------------------------------------------------------------------
+def setup_logging(verbosity):
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s:%(name)s:%(message)s",
+                                           "%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG))
+    # requests/urllib3 debug lines would print URLs and headers; they add nothing the collectors don't say.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+# --- privacy ----------------------------------------------------------------------------------------
+def obfuscate_user(name, salt=""):
+    return hashlib.md5((salt + name).encode("utf-8")).hexdigest()[-8:]
+
+
+def obfuscate_host(hostname, domain):
+    digits = "".join(char for char in hostname.split(".")[0] if char.isdigit())
+    return "atlas%s.%s" % (digits, domain)
+
+
+def fully_qualified_hostname():
+    # getfqdn() answers "localhost" where the host name resolves to a loopback address; keep the
+    # host's own name unless the lookup really extends it.
+    name = socket.gethostname()
+    fqdn = socket.getfqdn(name)
+    return fqdn if fqdn.startswith(name + ".") else name
+
+
+def login_node(opts):
+    name = fully_qualified_hostname()
+    return obfuscate_host(name, opts.obfuscate_hosts) if opts.obfuscate_hosts else name
+
+
+class UserFilter:
+    """Applies the group filter and user obfuscation, looking each user up once per run."""
+
+    def __init__(self, opts, logger):
+        self.log = logger
+        self.salt = opts.salt
+        self.obfuscate = opts.obfuscate_users
+        self.group = opts.group
+        self.members = self.gid = None
+        self.verdicts = {}
+        if self.group:
+            try:
+                entry = grp.getgrnam(self.group)
+            except KeyError:
+                raise UsageError("group %r does not exist on this host" % self.group)
+            self.gid, self.members = entry.gr_gid, set(entry.gr_mem)
+
+    def _in_group(self, user):
+        if user in self.members:
+            return True
+        try:
+            return pwd.getpwnam(user).pw_gid == self.gid
+        except KeyError:
+            self.log.debug("user %s is not known on this host: left out by the group filter", user)
+            return False
+
+    def report_name(self, user):
+        """The name to report for user, or None when the group filter leaves the user out."""
+        if user not in self.verdicts:
+            keep = not self.group or self._in_group(user)
+            self.verdicts[user] = (obfuscate_user(user, self.salt) if self.obfuscate else user) if keep else None
+        return self.verdicts[user]
+
+    def report_names(self, users):
+        """Sorted, unique report names of the users the filter keeps."""
+        return sorted({name for name in map(self.report_name, users) if name is not None})
+
+
+# --- commands and state -----------------------------------------------------------------------------
+def run_command(argv, timeout):
+    """Run a command and return its stdout; any failure becomes a one-line SourceError."""
+    try:
+        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise SourceError("%s not found on PATH" % argv[0])
+    except subprocess.TimeoutExpired:
+        raise SourceError("%s did not answer within %g s" % (argv[0], timeout))
+    except OSError as error:
+        raise SourceError("cannot run %s: %s" % (argv[0], error.strerror))
+    if done.returncode != 0:
+        message = " ".join(done.stderr.decode("utf-8", "replace").split()) or "no error message"
+        raise SourceError("%s failed (exit %d): %s" % (argv[0], done.returncode, message[:300]))
+    return done.stdout.decode("utf-8", "replace")
+
+
+class StateDir:
+    """Small JSON files that carry counters between runs, written atomically."""
+
+    def __init__(self, path, logger):
+        self.path = path
+        self.log = logger
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    def prepare(self):
+        try:
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
+        except OSError as error:
+            raise UsageError("cannot create state dir %s: %s (set --state-dir)" % (self.path, error.strerror))
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise UsageError("state dir %s is not writable (set --state-dir)" % self.path)
+
+    def load(self, name):
+        """The stored value, or None when absent; a corrupt file is a warning and a fresh start."""
+        try:
+            with open(self.file(name), encoding="utf-8") as handle:
+                return json.load(handle)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            self.log.warning("state file %s is unreadable (%s): starting afresh", self.file(name), error)
+            return None
+
+    def save(self, name, value):
+        self.write_text(name, json.dumps(value))
+
+    def write_text(self, name, text):
+        # A crash leaves either the old or the new file, never a torn one.
+        target = self.file(name)
+        temporary = "%s.%d.tmp" % (target, os.getpid())
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+
+    def try_lock(self, name):
+        """An open, flock-ed file kept for the run, or None when a previous run still holds it."""
+        handle = open(self.file(name + ".lock"), "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            handle.close()
+            if error.errno in (errno.EAGAIN, errno.EACCES):
+                return None
+            raise
+        return handle
+
+
+# --- delivery ---------------------------------------------------------------------------------------
+def with_token(document, token):
+    return dict(document, token=token)
+
+
+def write_debug_file(name, documents, token):
+    """-d: append JSON Lines to NAME.json in the current directory, the token masked."""
+    masked = "***" if token else ""
+    with open(name + ".json", "a", encoding="utf-8") as handle:
+        for document in documents:
+            handle.write(json.dumps(with_token(document, masked)) + "\n")
+
+
+class Spool:
+    """Documents that could not be delivered, kept as JSON Lines in the state dir for the next run."""
+
+    def __init__(self, state, name, opts, logger):
+        self.state, self.name, self.log = state, "spool-%s.jsonl" % name, logger
+        self.max_documents = opts.spool_max_documents
+        self.max_age_ms = opts.spool_max_age_hours * 3600 * 1000
+
+    def load(self):
+        documents, corrupt = [], 0
+        try:
+            with open(self.state.file(self.name), encoding="utf-8") as handle:
+                for line in handle:
+                    try:
+                        document = json.loads(line)
+                    except ValueError:
+                        document = None
+                    if isinstance(document, dict) and isinstance(document.get("timestamp"), (int, float)):
+                        documents.append(document)
+                    else:
+                        corrupt += 1
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            self.log.warning("spool %s is unreadable (%s): starting afresh", self.state.file(self.name), error)
+        if corrupt:
+            self.log.warning("spool %s: %d corrupt line(s) dropped", self.state.file(self.name), corrupt)
+        return documents
+
+    def save(self, documents):
+        cutoff = time.time() * 1000 - self.max_age_ms
+        kept = [document for document in documents if document["timestamp"] >= cutoff]
+        kept = kept[-self.max_documents:] if self.max_documents > 0 else []
+        if len(kept) < len(documents):
+            self.log.warning("spool full or too old: %d undelivered document(s) dropped", len(documents) - len(kept))
+        self.state.write_text(self.name, "".join(json.dumps(document) + "\n" for document in kept))
+        return len(kept)
+
+
+class Delivery:
+    """POSTs documents to the endpoint over one keep-alive session, with retries inside a time budget."""
+
+    RETRY_STATUSES = (429, 500, 502, 503, 504)
+
+    def __init__(self, opts, logger):
+        import requests  # only delivery needs it: debug runs and --help stay light
+        from requests.adapters import HTTPAdapter
+        from urllib3.util.retry import Retry
+
+        self.requests, self.log, self.opts = requests, logger, opts
+        self.deadline = time.monotonic() + opts.send_budget
+        self.endpoint_down = None
+        class CappedRetry(Retry):
+            # Honour Retry-After, but a reply asking for an hour must not stall the run past its budget.
+            def get_retry_after(self, response):
+                after = super().get_retry_after(response)
+                return None if after is None else min(after, self.backoff_max)
+
+        retry = CappedRetry(total=3, backoff_factor=0.5, backoff_jitter=0.5, backoff_max=10,
+                            status_forcelist=self.RETRY_STATUSES, allowed_methods=None,
+                            respect_retry_after_header=True, raise_on_status=False)
+        self.session = requests.Session()
+        self.session.mount("https://", HTTPAdapter(max_retries=retry))
+        self.session.mount("http://", HTTPAdapter(max_retries=retry))
+        self.session.verify = opts.ca_bundle or True
+        self.session.headers["Content-Type"] = "application/json"
+        if opts.gzip:
+            self.session.headers["Content-Encoding"] = "gzip"
+
+    def _post(self, payload):
+        """True when delivered; False when the document should be kept; None when it was refused for good."""
+        remaining = self.deadline - time.monotonic()
+        if self.endpoint_down or remaining <= 0:
+            self.endpoint_down = self.endpoint_down or "time budget of %g s used up" % self.opts.send_budget
+            return False
+        body = json.dumps(payload).encode("utf-8")
+        if self.opts.gzip:
+            body = gzip.compress(body)
+        try:
+            reply = self.session.post(self.opts.url, data=body, timeout=(min(10, remaining), min(30, remaining)))
+        except self.requests.exceptions.SSLError as error:
+            self.endpoint_down = "TLS verification of %s failed (%s)" % (self.opts.url, type(error).__name__)
+            return False
+        except self.requests.exceptions.RequestException as error:
+            self.endpoint_down = "cannot reach %s: %s" % (self.opts.url, type(error).__name__)
+            return False
+        if reply.status_code < 300:
+            return True
+        if reply.status_code in self.RETRY_STATUSES or reply.status_code in (401, 403):
+            # Busy, broken or refusing our token: every other document would meet the same answer.
+            self.endpoint_down = "%s answered HTTP %d" % (self.opts.url, reply.status_code)
+            return False
+        self.log.error("%s refused a document with HTTP %d: dropped", self.opts.url, reply.status_code)
+        return None
+
+    def deliver(self, documents, token):
+        """Send documents in order; return those not delivered (refused ones are dropped and logged)."""
+        size = max(1, self.opts.batch_size)
+        undelivered = []
+        for start in range(0, len(documents), size):
+            chunk = documents[start:start + size]
+            payload = [with_token(d, token) for d in chunk] if size > 1 else with_token(chunk[0], token)
+            if self._post(payload) is False:
+                undelivered.extend(chunk)
+        return undelivered
+
+
+# --- the run ----------------------------------------------------------------------------------------
+class Run:
+    """What a collector's collect() gets: its settings, logger, state dir, user filter and host name."""
+
+    def __init__(self, name, opts, users):
+        self.name, self.opts, self.users = name, opts, users
+        self.log = logging.getLogger(name)
+        self.state = StateDir(opts.state_dir, self.log)
+        self.after_delivery = []
+
+    def command(self, argv):
+        self.log.debug("running %s", " ".join(argv))
+        return run_command(argv, self.opts.timeout)
+
+    def login_node(self):
+        return login_node(self.opts)
+
+
+def collect_and_deliver(module, opts, users, delivery):
+    """Run one collector: lock, collect, deliver (or write the debug file), keep what was not delivered."""
+    run = Run(module.NAME, opts, users)
+    lock = run.state.try_lock(module.NAME)
+    if lock is None:
+        run.log.warning("previous %s run still going: this run skipped", module.NAME)
+        return EXIT_OK
+    with lock:
+        collected_ms = int(time.time() * 1000)
+        status = EXIT_OK
+        try:
+            documents = [dict(document, cluster=opts.cluster) for document in module.collect(run)]
+        except SourceError as error:
+            run.log.error("%s", error)
+            return EXIT_FAILED
+        except Exception as error:  # a bug must not stop the other collectors of an umbrella run
+            run.log.error("%s collector failed: %s: %s", module.NAME, type(error).__name__, error)
+            run.log.debug("traceback", exc_info=True)
+            return EXIT_FAILED
+        run.log.info("collected %d document(s)", len(documents))
+        try:
+            if opts.debug:
+                write_debug_file(module.NAME, documents, opts.token)
+            else:
+                status = deliver_with_spool(run, documents, collected_ms, delivery)
+        except OSError as error:
+            # Neither delivered nor kept: leave the state (e.g. the history watermark) where it was.
+            run.log.error("cannot keep %d document(s): %s: %s", len(documents), error.strerror, error.filename)
+            return EXIT_FAILED
+        for commit in run.after_delivery:
+            commit()
+        return status
+
+
+def deliver_with_spool(run, documents, collected_ms, delivery):
+    """Send what the spool holds, oldest first, then the new documents; spool what did not go."""
+    spool = Spool(run.state, run.name, run.opts, run.log)
+    waiting = spool.load()
+    if waiting:
+        run.log.info("re-sending %d spooled document(s) first", len(waiting))
+    undelivered = delivery.deliver(waiting + documents, run.opts.token)
+    if undelivered or waiting:
+        spool.save([dict(d, timestamp=d.get("timestamp", collected_ms)) for d in undelivered])
+    if undelivered:
+        run.log.error("%d document(s) not delivered (%s): kept for the next run",
+                      len(undelivered), delivery.endpoint_down)
+        return EXIT_FAILED
+    run.log.info("delivered %d document(s)", len(waiting) + len(documents))
+    return EXIT_OK
+
+
+def run_collectors(modules, opts):
+    """Run each collector in turn; one failing never stops the others. Returns the exit status."""
+    if not opts.debug and not opts.token:
+        raise UsageError("no token: set token in the config file, AFMETRICS_TOKEN or -t (or use -d)")
+    StateDir(opts.state_dir, log).prepare()
+    users = UserFilter(opts, log)
+    delivery = None if opts.debug else Delivery(opts, log)
+    return max(collect_and_deliver(module, opts, users, delivery) for module in modules)
+
+
+def main(modules, parser, settings, argv=None):
+    """Entry point shared by every script: parse, collect, deliver; exit 0, 1 or 2 as SPEC.md says."""
+    argv = sys.argv[1:] if argv is None else argv
+    setup_logging(0)
+    try:
+        opts = resolve_settings(parser, settings, argv)
+        setup_logging(opts.verbose)
+        warn_about_visible_secrets(argv)
+        selected = modules(opts) if callable(modules) else modules
+        for module in selected:
+            if hasattr(module, "validate"):
+                module.validate(opts)
+        return run_collectors(selected, opts)
+    except UsageError as error:
+        log.error("%s", error)
+        return EXIT_USAGE
+
+
+def script_main(module, argv=None):
+    """main() for a single-collector script such as host.py."""
+    parser = argparse.ArgumentParser(prog=module.NAME + ".py", description=module.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    module.add_arguments(parser)
+    return main([module], parser, COMMON_SETTINGS + module.SETTINGS, argv)

@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""HTCondor: one condorqueue document per configured queue (-q NAME:CONSTRAINT) and one condorjob
+document per job in the queue, plus each finished or removed job from condor_history exactly once.
+
+Example: python3 collectors/condor.py -d -v -q all: -q 'short:queue=="short"'
+"""
+import sys
+import time
+
+import afmetrics_common as common
+
+NAME = "condor"
+SETTINGS = [
+    common.Setting("queues", "lines", []),
+    common.Setting("exclude_owners", "words", []),
+]
+JOB_STATES = {0: "unexpanded", 1: "idle", 2: "running", 3: "removed", 4: "finished", 5: "held",
+              6: "transferring_output", 7: "suspended"}
+# States in which a job holds a slot (condor_q -run lists these) and its run time keeps growing.
+HOLDS_SLOT = {2, 6, 7}
+QUEUE_ATTRS = ["JobStatus", "CpusProvisioned", "MemoryProvisioned"]
+JOB_ATTRS = ["Owner", "ClusterId", "ProcId", "RemoteWallClockTime", "JobCurrentStartDate", "ServerTime"] + QUEUE_ATTRS
+# A row without these cannot become a document.
+REQUIRED_ATTRS = {"Owner", "ClusterId", "ProcId", "JobStatus"}
+HISTORY_ATTRS = ["Owner", "ClusterId", "ProcId", "JobStatus", "RemoteWallClockTime", "CompletionDate",
+                 "EnteredCurrentStatus"]
+WATERMARK_STATE = "condor_history.json"
+FIRST_LOOK_BACK = 360  # seconds of history the very first run reports
+
+
+def add_arguments(parser):
+    parser.add_argument("-q", "--queue", dest="queues", action="append", metavar="NAME:CONSTRAINT",
+                        help="report a queue: NAME:CONSTRAINT, split at the first colon "
+                             "(repeatable; 'all:' is every job)")
+    parser.add_argument("--exclude-owner", dest="exclude_owners", action="append", metavar="OWNER",
+                        help="never report jobs of this owner (repeatable)")
+
+
+def validate(opts):
+    for spec in opts.queues:
+        parse_queue_spec(spec)
+
+
+def parse_queue_spec(spec):
+    name, colon, constraint = spec.partition(":")
+    if not colon or not name.strip():
+        raise common.UsageError("bad queue %r: expected NAME:CONSTRAINT, e.g. all: or 'short:queue==\"short\"'" % spec)
+    return name.strip(), constraint.strip()
+
+
+def _number(token):
+    return None if token == "undefined" else float(token)
+
+
+def parse_autoformat(text, attributes, log):
+    """Rows of `condor_q/condor_history -af ATTRS` as dicts; numbers as floats, undefined as None.
+
+    Owner is the only string attribute asked for and user names hold no spaces, so a split is exact;
+    a line that does not fit is logged and skipped rather than failing the whole run.
+    """
+    rows, bad = [], 0
+    for line in text.splitlines():
+        tokens = line.split()
+        if not tokens:
+            continue
+        try:
+            if len(tokens) != len(attributes):
+                raise ValueError
+            row = {attribute: token if attribute == "Owner" else _number(token)
+                   for attribute, token in zip(attributes, tokens)}
+            if any(row.get(attribute) in (None, "undefined") for attribute in REQUIRED_ATTRS & set(row)):
+                raise ValueError
+            rows.append(row)
+        except ValueError:
+            bad += 1
+    if bad:
+        log.warning("%d line(s) of condor output did not parse and were skipped", bad)
+    return rows
+
+
+def queue_document(name, jobs):
+    counts = {status: 0 for status in (1, 2, 5)}
+    cores = memory = 0
+    for job in jobs:
+        if job["JobStatus"] in counts:
+            counts[job["JobStatus"]] += 1
+        if job["JobStatus"] in HOLDS_SLOT:
+            cores += job["CpusProvisioned"] or 0
+            memory += job["MemoryProvisioned"] or 0
+    return {"kind": "condorqueue", "queue": name, "idle": counts[1], "running": counts[2], "held": counts[5],
+            "allocated_cores": int(cores), "allocated_mem": int(memory)}
+
+
+def job_runtime(job, now):
+    """Wall time so far: RemoteWallClockTime counts only runs that ended, so add the current one."""
+    runtime = job["RemoteWallClockTime"] or 0
+    if job.get("JobStatus") in HOLDS_SLOT and job.get("JobCurrentStartDate"):
+        runtime += max(0, (job.get("ServerTime") or now) - job["JobCurrentStartDate"])
+    return int(runtime)
+
+
+def job_document(job, owner, now):
+    return {"kind": "condorjob", "users": owner, "Id": "%d.%d" % (job["ClusterId"], job["ProcId"]),
+            "Runtime": job_runtime(job, now), "state": JOB_STATES.get(job["JobStatus"], "unknown")}
+
+
+def new_history(ads, watermark):
+    """The history ads not reported yet, and the watermark after them.
+
+    condor_history -completedsince stops at the first ad completed at or before the given time instead
+    of filtering, and removed jobs have no CompletionDate, so each ad is dated and checked here. Ads dated
+    exactly at the watermark can reach the history file after a run saw the watermark, so their Ids are kept.
+    """
+    fresh = []
+    newest, ids_at_newest = watermark["time"], set(watermark["ids"])
+    for ad in ads:
+        when = ad["CompletionDate"] or ad["EnteredCurrentStatus"]
+        job_id = "%d.%d" % (ad["ClusterId"], ad["ProcId"])
+        if when is None or when < watermark["time"] or (when == watermark["time"] and job_id in watermark["ids"]):
+            continue
+        fresh.append(ad)
+        if when > newest:
+            newest, ids_at_newest = when, set()
+        if when == newest:
+            ids_at_newest.add(job_id)
+    return fresh, {"time": newest, "ids": sorted(ids_at_newest)}
+
+
+def load_watermark(run, now):
+    stored = run.state.load(WATERMARK_STATE)
+    if isinstance(stored, dict) and isinstance(stored.get("time"), (int, float)) and isinstance(stored.get("ids"), list):
+        return stored
+    return {"time": int(now) - FIRST_LOOK_BACK, "ids": []}
+
+
+def condor_command(tool, attributes, constraint=""):
+    return [tool] + (["-all"] if tool == "condor_q" else []) + (["-constraint", constraint] if constraint else []) \
+        + ["-af"] + attributes
+
+
+def collect(run):
+    opts = run.opts
+    queues = [parse_queue_spec(spec) for spec in opts.queues]
+    excluded = set(opts.exclude_owners)
+    now = time.time()
+    jobs = parse_autoformat(run.command(condor_command("condor_q", JOB_ATTRS)), JOB_ATTRS, run.log)
+    documents = []
+    for name, constraint in queues:
+        matching = jobs if not constraint else parse_autoformat(
+            run.command(condor_command("condor_q", QUEUE_ATTRS, constraint)), QUEUE_ATTRS, run.log)
+        documents.append(queue_document(name, matching))
+
+    watermark = load_watermark(run, now)
+    since = ["-completedsince", "%d" % (watermark["time"] - 1)]
+    history = parse_autoformat(run.command(["condor_history"] + since + ["-af"] + HISTORY_ATTRS),
+                               HISTORY_ATTRS, run.log)
+    finished, new_watermark = new_history(history, watermark)
+    run.after_delivery.append(lambda: run.state.save(WATERMARK_STATE, new_watermark))
+
+    for job in jobs + finished:
+        if job["Owner"] in excluded:
+            continue
+        owner = run.users.report_name(job["Owner"])
+        if owner is not None:
+            documents.append(job_document(job, owner, now))
+    return documents
+
+
+if __name__ == "__main__":
+    sys.exit(common.script_main(sys.modules[__name__]))
