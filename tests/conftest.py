@@ -1,0 +1,69 @@
+"""Shared fixtures: paths, a real HTTPS receiver, and the collectors run as cron runs them."""
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+import trustme
+
+from receiver import Receiver
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+COLLECTORS = REPO / "collectors"
+SHARED = REPO.parent / "shared"
+CAPTURES = SHARED / "reference" / "htcondor-captures"
+CONDOR_VERSIONS = ["trixie-htcondor-23.9.6", "sid-htcondor-25.14.1"]
+
+sys.path.insert(0, str(COLLECTORS))
+
+
+def capture(version, name, stream="stdout"):
+    """A real HTCondor output from ../shared/reference/htcondor-captures."""
+    return (CAPTURES / version / ("%s.%s" % (name, stream))).read_text()
+
+
+def log_lines(stderr):
+    """LEVEL:name:message of each log line, checking the format SPEC.md gives ([YYYY-mm-dd HH:MM:SS] ...)."""
+    lines = stderr.strip().splitlines()
+    for line in lines:
+        assert re.match(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] [A-Z]+:[\w.]+:", line), line
+    return [line.split("] ", 1)[1] for line in lines]
+
+
+@pytest.fixture(scope="session")
+def certificate_authority():
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def ca_file(certificate_authority, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    certificate_authority.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+@pytest.fixture
+def receiver(certificate_authority, ca_file):
+    server = Receiver(certificate_authority.issue_cert("127.0.0.1", "localhost"), ca_file)
+    yield server
+    server.close()
+
+
+def collector_environment(extra=None):
+    """The environment of a cron run: nothing of the developer's AFMETRICS_* settings leaks in."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("AFMETRICS_", "KUBECONFIG"))}
+    env["AFMETRICS_CONFIG"] = ""  # never the machine's /etc/afmetrics/afmetrics.conf
+    env.update(extra or {})
+    return env
+
+
+@pytest.fixture
+def run_collector():
+    """run_collector("host.py", "-d", ..., env={...}, cwd=...) -> CompletedProcess (text)."""
+    def run(script, *args, env=None, cwd=None, timeout=120):
+        return subprocess.run([sys.executable, str(COLLECTORS / script)] + [str(arg) for arg in args],
+                              capture_output=True, text=True, env=collector_environment(env),
+                              cwd=cwd, timeout=timeout, stdin=subprocess.DEVNULL)
+    return run

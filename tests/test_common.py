@@ -1,0 +1,164 @@
+"""afmetrics_common: obfuscation as the seed does it, settings precedence, config errors, group filter, state."""
+import argparse
+import logging
+import os
+import subprocess
+
+import pytest
+
+import afmetrics_common as common
+
+MD5_ALICE = subprocess.run("printf alice | md5sum", shell=True, capture_output=True, text=True).stdout[:32]
+MD5_SALTED_ALICE = subprocess.run("printf s3cretalice | md5sum", shell=True, capture_output=True,
+                                  text=True).stdout[:32]
+GROUP, MEMBER_PRIMARY, MEMBER_SUPPLEMENTARY, OUTSIDER = "afmatlas", "afmalice", "afmbob", "afmcarol"
+
+
+def test_user_obfuscation_is_last_8_hex_of_md5_of_salt_and_name():
+    # Reference values from coreutils: printf alice | md5sum; printf s3cretalice | md5sum
+    assert common.obfuscate_user("alice") == MD5_ALICE[-8:]
+    assert common.obfuscate_user("alice", "s3cret") == MD5_SALTED_ALICE[-8:]
+
+
+def test_host_obfuscation_matches_seed_example():
+    assert common.obfuscate_host("condor123.example.edu", "bnl.gov") == "atlas123.bnl.gov"
+    assert common.obfuscate_host("login01", "bnl.gov") == "atlas01.bnl.gov"
+    # Only the short name's digits count: a digit in the domain must not leak in.
+    assert common.obfuscate_host("login2.af9.example", "x.org") == "atlas2.x.org"
+
+
+def parser_with(settings):
+    parser = argparse.ArgumentParser()
+    common.add_common_arguments(parser)
+    return parser, common.COMMON_SETTINGS + settings
+
+
+def write_config(path, text, mode=0o640):
+    path.write_text("[afmetrics]\n" + text)
+    path.chmod(mode)
+    return path
+
+
+def test_precedence_command_line_then_environment_then_file_then_default(tmp_path, monkeypatch):
+    config = write_config(tmp_path / "a.conf", "cluster = FROM-FILE\nurl = https://file/\ntoken = t-file\n"
+                                               "timeout = 7\n")
+    monkeypatch.setenv("AFMETRICS_URL", "https://env/")
+    monkeypatch.setenv("AFMETRICS_TOKEN", "t-env")
+    parser, settings = parser_with([])
+    opts = common.resolve_settings(parser, settings, ["--config", str(config), "-t", "t-cli"])
+    assert (opts.token, opts.url, opts.cluster, opts.timeout) == ("t-cli", "https://env/", "FROM-FILE", 7.0)
+    assert opts.send_budget == 120.0 and opts.obfuscate_users is False
+
+
+def test_config_types_lists_and_booleans(tmp_path, monkeypatch):
+    config = write_config(tmp_path / "a.conf", "obfuscate_users = yes\nqueues =\n    all:\n"
+                                               "    short:queue==\"short\"\nexclude_owners = a, b c\n")
+    monkeypatch.setenv("AFMETRICS_CONFIG", str(config))
+    parser, settings = parser_with([common.Setting("queues", "lines", []),
+                                    common.Setting("exclude_owners", "words", [])])
+    opts = common.resolve_settings(parser, settings, [])
+    assert opts.obfuscate_users is True
+    assert opts.queues == ["all:", 'short:queue=="short"']
+    assert opts.exclude_owners == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[afmetrics\ntoken = x\n", "cannot read config file .*bad.conf"),
+    ("[other]\ntoken = x\n", r"bad.conf has no \[afmetrics\] section"),
+    ("[afmetrics]\ntimeout = soon\n", "bad.conf: bad value for timeout: 'soon'"),
+    ("[afmetrics]\ndebug = maybe\n", "bad.conf: bad value for debug: 'maybe'"),
+    ("\xff\xfe", "cannot read config file .*bad.conf"),
+])
+def test_bad_config_is_a_usage_error_naming_the_problem(tmp_path, text, message):
+    config = tmp_path / "bad.conf"
+    config.write_bytes(text.encode("latin-1"))
+    parser, settings = parser_with([])
+    with pytest.raises(common.UsageError, match=message):
+        common.resolve_settings(parser, settings, ["--config", str(config)])
+
+
+def test_explicit_missing_config_file_is_an_error(tmp_path):
+    parser, settings = parser_with([])
+    with pytest.raises(common.UsageError, match="does not exist"):
+        common.resolve_settings(parser, settings, ["--config", str(tmp_path / "nope.conf")])
+
+
+def test_world_readable_token_and_unknown_keys_warn(tmp_path, caplog):
+    config = write_config(tmp_path / "open.conf", "token = t0ps3cret\ncluser = typo\n", mode=0o644)
+    parser, settings = parser_with([])
+    with caplog.at_level(logging.WARNING):
+        common.resolve_settings(parser, settings, ["--config", str(config)])
+    text = caplog.text
+    assert "every user can read it: chmod o-r %s" % config in text
+    assert "unknown setting 'cluser'" in text
+    assert "t0ps3cret" not in text
+
+
+@pytest.fixture(scope="module")
+def group_database():
+    """Real users and a real group in the system database (root only, as in CI)."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root: group filter tests must run there")
+        pytest.skip("needs root to add test users and a group")
+    commands = [["groupadd", "-f", GROUP], ["groupadd", "-f", "afmother"]]
+    for user, options in ((MEMBER_PRIMARY, ["-g", GROUP]), (MEMBER_SUPPLEMENTARY, ["-g", "afmother", "-G", GROUP]),
+                          (OUTSIDER, ["-g", "afmother"])):
+        if subprocess.run(["id", user], capture_output=True).returncode != 0:
+            commands.append(["useradd", "-M", "-s", "/usr/sbin/nologin"] + options + [user])
+    for command in commands:
+        subprocess.run(command, check=True, capture_output=True)
+    return GROUP
+
+
+def filter_for(group, obfuscate=False, salt=""):
+    opts = argparse.Namespace(group=group, obfuscate_users=obfuscate, salt=salt)
+    return common.UserFilter(opts, logging.getLogger("test"))
+
+
+def test_group_filter_keeps_primary_and_supplementary_members(group_database, caplog):
+    users = filter_for(group_database)
+    with caplog.at_level(logging.DEBUG):
+        kept = users.report_names([OUTSIDER, MEMBER_SUPPLEMENTARY, "nosuchuser42", MEMBER_PRIMARY, MEMBER_PRIMARY])
+    assert kept == [MEMBER_PRIMARY, MEMBER_SUPPLEMENTARY]
+    assert "user nosuchuser42 is not known on this host" in caplog.text
+
+
+def test_group_filter_then_obfuscation(group_database):
+    users = filter_for(group_database, obfuscate=True, salt="pepper")
+    assert users.report_names([MEMBER_PRIMARY, OUTSIDER]) == [common.obfuscate_user(MEMBER_PRIMARY, "pepper")]
+
+
+def test_unknown_group_is_a_usage_error():
+    with pytest.raises(common.UsageError, match="group 'nosuchgroup42' does not exist"):
+        filter_for("nosuchgroup42")
+
+
+def test_state_survives_corruption_and_writes_atomically(tmp_path, caplog):
+    state = common.StateDir(str(tmp_path), logging.getLogger("test"))
+    state.save("x.json", {"a": 1})
+    assert state.load("x.json") == {"a": 1}
+    assert sorted(os.listdir(tmp_path)) == ["x.json"]  # no temporary file left behind
+    (tmp_path / "x.json").write_text('{"a": ')
+    with caplog.at_level(logging.WARNING):
+        assert state.load("x.json") is None
+    assert "unreadable" in caplog.text
+    assert state.load("absent.json") is None
+
+
+def test_lock_is_exclusive(tmp_path):
+    state = common.StateDir(str(tmp_path), logging.getLogger("test"))
+    first = state.try_lock("host")
+    assert first is not None
+    assert state.try_lock("host") is None
+    first.close()
+    assert state.try_lock("host") is not None
+
+
+def test_run_command_errors_are_one_line():
+    with pytest.raises(common.SourceError, match="^no-such-tool-42 not found on PATH$"):
+        common.run_command(["no-such-tool-42"], 5)
+    with pytest.raises(common.SourceError, match=r"^sh failed \(exit 3\): broken here$"):
+        common.run_command(["sh", "-c", "echo out; printf 'broken\\nhere\\n' >&2; exit 3"], 5)
+    with pytest.raises(common.SourceError, match="did not answer within 0.2 s"):
+        common.run_command(["sleep", "5"], 0.2)
