@@ -140,8 +140,10 @@ def read_config_file(path, explicit):
 def resolve_settings(parser, settings, argv=None):
     """Parse argv and merge it with environment, config file and defaults (in that order of precedence)."""
     args = parser.parse_args(argv)
-    config_path = args.config or os.environ.get("AFMETRICS_CONFIG") or DEFAULT_CONFIG
-    file_values = read_config_file(config_path, explicit=bool(args.config or os.environ.get("AFMETRICS_CONFIG")))
+    # An empty AFMETRICS_CONFIG means "no config file", even where the default one exists.
+    config_path = args.config or os.environ.get("AFMETRICS_CONFIG", DEFAULT_CONFIG)
+    explicit = bool(args.config or os.environ.get("AFMETRICS_CONFIG"))
+    file_values = read_config_file(config_path, explicit) if config_path else {}
     known = {setting.name for setting in settings}
     for key in sorted(set(file_values) - known):
         log.warning("config file %s: unknown setting %r ignored", config_path, key)
@@ -179,8 +181,8 @@ def setup_logging(verbosity):
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG))
-    # requests/urllib3 debug lines would print URLs and headers; they add nothing the collectors don't say.
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    # urllib3 logs every retry and, at debug, every request; the collectors say once what went wrong.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
 # --- privacy ----------------------------------------------------------------------------------------
@@ -394,13 +396,14 @@ class Delivery:
         self.session = requests.Session()
         self.session.mount("https://", HTTPAdapter(max_retries=retry))
         self.session.mount("http://", HTTPAdapter(max_retries=retry))
-        self.session.verify = opts.ca_bundle or True
+        # Passed with each request: a Session.verify would lose to $REQUESTS_CA_BUNDLE (requests#3829).
+        self.verify = opts.ca_bundle or True
         self.session.headers["Content-Type"] = "application/json"
         if opts.gzip:
             self.session.headers["Content-Encoding"] = "gzip"
 
     def _post(self, payload):
-        """True when delivered; False when the document should be kept; None when it was refused for good."""
+        """True when delivered, False when the payload should be kept, else the HTTP status refusing it for good."""
         remaining = self.deadline - time.monotonic()
         if self.endpoint_down or remaining <= 0:
             self.endpoint_down = self.endpoint_down or "time budget of %g s used up" % self.opts.send_budget
@@ -409,7 +412,8 @@ class Delivery:
         if self.opts.gzip:
             body = gzip.compress(body)
         try:
-            reply = self.session.post(self.opts.url, data=body, timeout=(min(10, remaining), min(30, remaining)))
+            reply = self.session.post(self.opts.url, data=body, verify=self.verify,
+                                      timeout=(min(10, remaining), min(30, remaining)))
         except self.requests.exceptions.SSLError as error:
             self.endpoint_down = "TLS verification of %s failed (%s)" % (self.opts.url, type(error).__name__)
             return False
@@ -422,19 +426,22 @@ class Delivery:
             # Busy, broken or refusing our token: every other document would meet the same answer.
             self.endpoint_down = "%s answered HTTP %d" % (self.opts.url, reply.status_code)
             return False
-        self.log.error("%s refused a document with HTTP %d: dropped", self.opts.url, reply.status_code)
-        return None
+        return reply.status_code
 
-    def deliver(self, documents, token):
-        """Send documents in order; return those not delivered (refused ones are dropped and logged)."""
+    def deliver(self, documents, token, logger):
+        """Send documents in order; return those to keep. A document refused for good is logged and dropped."""
         size = max(1, self.opts.batch_size)
-        undelivered = []
+        undelivered, refused = [], 0
         for start in range(0, len(documents), size):
             chunk = documents[start:start + size]
-            payload = [with_token(d, token) for d in chunk] if size > 1 else with_token(chunk[0], token)
-            if self._post(payload) is False:
+            outcome = self._post([with_token(d, token) for d in chunk] if size > 1 else with_token(chunk[0], token))
+            if outcome is False:
                 undelivered.extend(chunk)
-        return undelivered
+            elif outcome is not True:
+                refused += len(chunk)
+                what = "a batch of %d documents" % len(chunk) if size > 1 else "a %s document" % chunk[0]["kind"]
+                logger.error("%s refused %s with HTTP %d: dropped", self.opts.url, what, outcome)
+        return undelivered, refused
 
 
 # --- the run ----------------------------------------------------------------------------------------
@@ -495,15 +502,15 @@ def deliver_with_spool(run, documents, collected_ms, delivery):
     waiting = spool.load()
     if waiting:
         run.log.info("re-sending %d spooled document(s) first", len(waiting))
-    undelivered = delivery.deliver(waiting + documents, run.opts.token)
+    undelivered, refused = delivery.deliver(waiting + documents, run.opts.token, run.log)
     if undelivered or waiting:
         spool.save([dict(d, timestamp=d.get("timestamp", collected_ms)) for d in undelivered])
     if undelivered:
         run.log.error("%d document(s) not delivered (%s): kept for the next run",
                       len(undelivered), delivery.endpoint_down)
-        return EXIT_FAILED
-    run.log.info("delivered %d document(s)", len(waiting) + len(documents))
-    return EXIT_OK
+    else:
+        run.log.info("delivered %d document(s)", len(waiting) + len(documents) - refused)
+    return EXIT_FAILED if undelivered or refused else EXIT_OK
 
 
 def run_collectors(modules, opts):

@@ -1,0 +1,150 @@
+"""Collectors as cron runs them, POSTing to a real local HTTPS receiver: documents field by field,
+config-file secrets, keep-alive, retries, the spool, and the endpoint's faults."""
+import json
+import socket
+
+import pytest
+
+import afmetrics_common as common
+import utmp
+from conftest import log_lines
+
+TOKEN, SALT = "tok-3f9a1c77e2", "salt-b71d0c"
+
+
+@pytest.fixture
+def sessions(tmp_path):
+    return utmp.write(tmp_path / "utmp", utmp.login("alice", "pts/0", 60, 11), utmp.login("bob", "pts/1", 30, 12))
+
+
+def endpoint(receiver, *more):
+    return ["-u", receiver.url, "--ca-bundle", receiver.ca_file] + list(more)
+
+
+def test_umbrella_delivers_every_document_with_token_and_cluster(run_collector, receiver, sessions, tmp_path):
+    done = run_collector("afmetrics_collector", "-vv", "-s", "--host", "-c", "UC-AF", "--utmp", sessions,
+                         "--disk", "/", "--state-dir", tmp_path / "state", *endpoint(receiver),
+                         env={"AFMETRICS_TOKEN": TOKEN}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert receiver.kinds() == ["CPU", "DISK", "MEM", "ssh"]
+    assert all(d["token"] == TOKEN and d["cluster"] == "UC-AF" for d in receiver.documents)
+    [ssh] = receiver.of_kind("ssh")
+    assert ssh == {"kind": "ssh", "cluster": "UC-AF", "token": TOKEN, "login_node": common.fully_qualified_hostname(),
+                   "ssh_user_count": 2, "users": ["alice", "bob"]}
+    [memory] = receiver.of_kind("MEM")
+    assert set(memory) == {"kind", "cluster", "token", "login_node", "total", "available"}
+    # One document per POST, as JSON, over one kept-alive connection.
+    assert len(receiver.requests) == 4
+    assert all(r["headers"]["Content-Type"] == "application/json" for r in receiver.requests)
+    assert len({r["connection"] for r in receiver.requests}) == 1
+    assert TOKEN not in done.stderr
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_config_file_carries_every_secret_and_option(run_collector, receiver, sessions, tmp_path):
+    config = tmp_path / "afmetrics.conf"
+    config.write_text("[afmetrics]\ntoken = %s\ncluster = BNL-AF\nurl = %s\nca_bundle = %s\nsalt = %s\n"
+                      "obfuscate_users = true\nobfuscate_hosts = bnl.gov\nutmp = %s\ndisks = /\n"
+                      % (TOKEN, receiver.url, receiver.ca_file, SALT, sessions))
+    config.chmod(0o640)
+    done = run_collector("afmetrics_collector", "-v", "-s", "--host", "--config", config,
+                         "--state-dir", tmp_path / "state", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert all(d["token"] == TOKEN and d["cluster"] == "BNL-AF" for d in receiver.documents)
+    [ssh] = receiver.of_kind("ssh")
+    assert ssh["users"] == sorted([common.obfuscate_user("alice", SALT), common.obfuscate_user("bob", SALT)])
+    assert {d["login_node"] for d in receiver.documents} == {common.obfuscate_host(socket.gethostname(), "bnl.gov")}
+    assert TOKEN not in done.stderr and SALT not in done.stderr and "WARNING" not in done.stderr
+
+
+def test_secrets_on_the_command_line_work_but_warn(run_collector, receiver, sessions, tmp_path):
+    done = run_collector("ssh.py", "-t", TOKEN, "-o", "-z", SALT, "--utmp", sessions,
+                         "--state-dir", tmp_path / "state", *endpoint(receiver), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert receiver.documents[0]["token"] == TOKEN
+    lines = log_lines(done.stderr)
+    assert any("token was given on the command line, which every user sees in ps" in line for line in lines)
+    assert any("salt was given on the command line" in line for line in lines)
+    assert TOKEN not in done.stderr and SALT not in done.stderr
+
+
+def test_sending_without_token_is_a_usage_error(run_collector, receiver, tmp_path):
+    done = run_collector("host.py", "--state-dir", tmp_path / "state", *endpoint(receiver), cwd=tmp_path)
+    assert done.returncode == 2
+    assert log_lines(done.stderr) == ["ERROR:afmetrics:no token: set token in the config file, AFMETRICS_TOKEN "
+                                      "or -t (or use -d)"]
+    assert receiver.requests == []
+
+
+def test_busy_endpoint_is_retried_honouring_retry_after(run_collector, receiver, sessions, tmp_path):
+    receiver.fail_next(429, 503, retry_after=1)
+    done = run_collector("ssh.py", "--utmp", sessions, "--state-dir", tmp_path / "state", *endpoint(receiver),
+                         env={"AFMETRICS_TOKEN": TOKEN}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert len(receiver.requests) == 3 and receiver.kinds() == ["ssh"]
+
+
+def test_failed_delivery_is_spooled_and_sent_first_next_run(run_collector, receiver, sessions, tmp_path):
+    state = tmp_path / "state"
+    receiver.fail_next(*[500] * 4)  # every attempt of the first document: the endpoint is down
+    args = ["afmetrics_collector", "-s", "--host", "--disk", "/", "--utmp", sessions, "--state-dir", state,
+            *endpoint(receiver)]
+    first = run_collector(*args, env={"AFMETRICS_TOKEN": TOKEN}, cwd=tmp_path)
+    assert first.returncode == 1
+    errors = [line for line in log_lines(first.stderr) if line.startswith("ERROR")]
+    assert errors == ["ERROR:ssh:1 document(s) not delivered (%s answered HTTP 500): kept for the next run"
+                      % receiver.url,
+                      "ERROR:host:3 document(s) not delivered (%s answered HTTP 500): kept for the next run"
+                      % receiver.url]
+    assert receiver.documents == []
+    spooled = [json.loads(line) for name in ("spool-ssh.jsonl", "spool-host.jsonl")
+               for line in (state / name).read_text().splitlines()]
+    assert [d["kind"] for d in spooled] == ["ssh", "CPU", "MEM", "DISK"]
+    assert all("token" not in d and isinstance(d["timestamp"], int) for d in spooled)
+
+    second = run_collector(*args, env={"AFMETRICS_TOKEN": TOKEN}, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    # Spooled documents first, carrying the time they were collected; then this run's.
+    assert [d["kind"] for d in receiver.documents] == ["ssh", "ssh", "CPU", "MEM", "DISK", "CPU", "MEM", "NETWORK",
+                                                       "DISK"]
+    assert [("timestamp" in d) for d in receiver.documents] == [True, False, True, True, True] + [False] * 4
+    assert [receiver.documents[i]["timestamp"] for i in (0, 2, 3, 4)] == [d["timestamp"] for d in spooled]
+    assert (state / "spool-host.jsonl").read_text() == ""
+
+
+def test_unreachable_endpoint_is_one_line_and_nothing_lost(run_collector, sessions, tmp_path):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = "https://127.0.0.1:%d/" % closed.getsockname()[1]
+    done = run_collector("ssh.py", "--utmp", sessions, "--state-dir", tmp_path, "-u", url,
+                         env={"AFMETRICS_TOKEN": TOKEN}, cwd=tmp_path)
+    assert done.returncode == 1
+    assert log_lines(done.stderr) == ["ERROR:ssh:1 document(s) not delivered (cannot reach %s: ConnectionError): "
+                                      "kept for the next run" % url]
+    assert json.loads((tmp_path / "spool-ssh.jsonl").read_text())["users"] == ["alice", "bob"]
+
+
+def test_certificate_from_another_ca_is_refused(run_collector, receiver, sessions, tmp_path):
+    done = run_collector("ssh.py", "--utmp", sessions, "--state-dir", tmp_path, "-u", receiver.url,
+                         env={"AFMETRICS_TOKEN": TOKEN}, cwd=tmp_path)  # the system CAs, not the receiver's
+    assert done.returncode == 1
+    assert "TLS verification of %s failed" % receiver.url in done.stderr
+    assert receiver.documents == [] and (tmp_path / "spool-ssh.jsonl").exists()
+
+
+def test_refused_document_is_dropped_and_logged_not_retried(run_collector, receiver, sessions, tmp_path):
+    receiver.fail_next(400)
+    done = run_collector("ssh.py", "--utmp", sessions, "--state-dir", tmp_path, *endpoint(receiver),
+                         env={"AFMETRICS_TOKEN": TOKEN}, cwd=tmp_path)
+    assert done.returncode == 1
+    assert log_lines(done.stderr) == ["ERROR:ssh:%s refused a ssh document with HTTP 400: dropped" % receiver.url]
+    assert len(receiver.requests) == 1 and not (tmp_path / "spool-ssh.jsonl").exists()
+
+
+def test_corrupt_spool_lines_are_dropped_with_a_warning(run_collector, receiver, sessions, tmp_path):
+    (tmp_path / "spool-ssh.jsonl").write_text('{"kind": "ssh", "users": [], "timestamp": 5}\n{torn\n[1]\n')
+    done = run_collector("ssh.py", "--utmp", sessions, "--state-dir", tmp_path, *endpoint(receiver),
+                         env={"AFMETRICS_TOKEN": TOKEN}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "WARNING:ssh:spool %s: 2 corrupt line(s) dropped" % (tmp_path / "spool-ssh.jsonl") in log_lines(done.stderr)
+    assert [d.get("timestamp") for d in receiver.documents] == [5, None]
