@@ -25,6 +25,7 @@ __version__ = "1.0.0"
 
 CONFIG_SECTION = "afmetrics"
 DEFAULT_CONFIG = "/etc/afmetrics/afmetrics.conf"
+DEFAULT_LOG_FILE = "/var/log/afmetrics/afmetrics.log"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 log = logging.getLogger("afmetrics")
@@ -87,6 +88,7 @@ COMMON_SETTINGS = [
     Setting("obfuscate_hosts", "str", ""),
     Setting("group", "str", ""),
     Setting("verbose", "int", 0),
+    Setting("log_file", "str", DEFAULT_LOG_FILE),
     Setting("debug", "bool", False),
 ]
 
@@ -108,6 +110,8 @@ def add_common_arguments(parser):
     add("-g", "--group", help="keep only users whose primary or supplementary groups include GROUP")
     add("--config", metavar="PATH",
         help="INI config file (default $AFMETRICS_CONFIG, else %s when present)" % DEFAULT_CONFIG)
+    add("--log-file", metavar="PATH",
+        help="append logs here (default %s when its directory exists; '' = stderr only)" % DEFAULT_LOG_FILE)
     add("--state-dir", metavar="DIR",
         help="counters, watermark, locks and spool (default /var/lib/afmetrics as root)")
     add("--ca-bundle", metavar="PEM", help="CA bundle to verify the endpoint with")
@@ -127,8 +131,15 @@ def read_config_file(path, explicit):
     try:
         with open(path, encoding="utf-8") as handle:
             parser.read_file(handle)
-    except (OSError, UnicodeDecodeError, configparser.Error) as error:
-        raise UsageError("cannot read config file %s: %s" % (path, " ".join(str(error).split())))
+    except OSError as error:
+        raise UsageError("cannot read config file %s: %s" % (path, error.strerror))
+    except UnicodeDecodeError:
+        raise UsageError("cannot read config file %s: not UTF-8 text" % path)
+    except configparser.Error as error:
+        # configparser quotes the offending line, which may be the token's: name only where it is.
+        lines = [str(number) for number, _ in getattr(error, "errors", [])] or [str(getattr(error, "lineno", "?"))]
+        raise UsageError("cannot read config file %s: %s at line %s"
+                         % (path, type(error).__name__, ", ".join(lines)))
     if not parser.has_section(CONFIG_SECTION):
         raise UsageError("config file %s has no [%s] section" % (path, CONFIG_SECTION))
     values = dict(parser.items(CONFIG_SECTION))
@@ -174,13 +185,24 @@ def warn_about_visible_secrets(argv):
 
 
 # --- logging ----------------------------------------------------------------------------------------
-def setup_logging(verbosity):
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s:%(name)s:%(message)s",
-                                           "%Y-%m-%d %H:%M:%S"))
+def setup_logging(verbosity, log_file=""):
+    """Log to log_file as the seed did (and to a person's terminal); to stderr when there is no such file."""
+    handlers, trouble = [], None
+    if log_file and os.path.isdir(os.path.dirname(log_file) or "."):
+        try:
+            handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+        except OSError as error:
+            trouble = "cannot write log file %s (%s): logging to stderr" % (log_file, error.strerror)
+    if not handlers or sys.stderr.isatty():
+        handlers.append(logging.StreamHandler(sys.stderr))
+    formatter = logging.Formatter("[%(asctime)s] %(levelname)s:%(name)s:%(message)s", "%Y-%m-%d %H:%M:%S")
+    for handler in handlers:
+        handler.setFormatter(formatter)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = handlers
     root.setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG))
+    if trouble:
+        log.warning("%s", trouble)
     # urllib3 logs every retry and, at debug, every request; the collectors say once what went wrong.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
 
@@ -216,14 +238,14 @@ class UserFilter:
         self.salt = opts.salt
         self.obfuscate = opts.obfuscate_users
         self.group = opts.group
-        self.members = self.gid = None
+        self.members, self.gid = set(), None
         self.verdicts = {}
         if self.group:
             try:
                 entry = grp.getgrnam(self.group)
+                self.gid, self.members = entry.gr_gid, set(entry.gr_mem)
             except KeyError:
-                raise UsageError("group %r does not exist on this host" % self.group)
-            self.gid, self.members = entry.gr_gid, set(entry.gr_mem)
+                logger.warning("group %s does not exist on this host: every user is left out", self.group)
 
     def _in_group(self, user):
         if user in self.members:
@@ -529,7 +551,7 @@ def main(modules, parser, settings, argv=None):
     setup_logging(0)
     try:
         opts = resolve_settings(parser, settings, argv)
-        setup_logging(opts.verbose)
+        setup_logging(opts.verbose, opts.log_file)
         warn_about_visible_secrets(argv)
         selected = modules(opts) if callable(modules) else modules
         for module in selected:

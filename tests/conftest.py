@@ -55,6 +55,7 @@ def collector_environment(extra=None):
     """The environment of a cron run: nothing of the developer's AFMETRICS_* settings leaks in."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("AFMETRICS_", "KUBECONFIG"))}
     env["AFMETRICS_CONFIG"] = ""  # never the machine's /etc/afmetrics/afmetrics.conf
+    env["AFMETRICS_LOG_FILE"] = ""  # logs on stderr, where the tests read them
     env.update(extra or {})
     return env
 

@@ -63,11 +63,12 @@ def test_config_types_lists_and_booleans(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("[afmetrics\ntoken = x\n", "cannot read config file .*bad.conf"),
+    ("[afmetrics\ntoken = x\n", "cannot read config file .*bad.conf: MissingSectionHeaderError at line 1$"),
+    ("[afmetrics]\ntoken = x\n  \nnot a pair\n", "bad.conf: ParsingError at line 4$"),
     ("[other]\ntoken = x\n", r"bad.conf has no \[afmetrics\] section"),
     ("[afmetrics]\ntimeout = soon\n", "bad.conf: bad value for timeout: 'soon'"),
     ("[afmetrics]\ndebug = maybe\n", "bad.conf: bad value for debug: 'maybe'"),
-    ("\xff\xfe", "cannot read config file .*bad.conf"),
+    ("\xff\xfe", "cannot read config file .*bad.conf: not UTF-8 text$"),
 ])
 def test_bad_config_is_a_usage_error_naming_the_problem(tmp_path, text, message):
     config = tmp_path / "bad.conf"
@@ -129,9 +130,11 @@ def test_group_filter_then_obfuscation(group_database):
     assert users.report_names([MEMBER_PRIMARY, OUTSIDER]) == [common.obfuscate_user(MEMBER_PRIMARY, "pepper")]
 
 
-def test_unknown_group_is_a_usage_error():
-    with pytest.raises(common.UsageError, match="group 'nosuchgroup42' does not exist"):
-        filter_for("nosuchgroup42")
+def test_unknown_group_leaves_every_user_out_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING):
+        users = filter_for("nosuchgroup42")
+    assert "group nosuchgroup42 does not exist on this host: every user is left out" in caplog.text
+    assert users.report_names(["root", "alice"]) == []
 
 
 def test_state_survives_corruption_and_writes_atomically(tmp_path, caplog):

@@ -1,0 +1,95 @@
+"""afmetrics_collector, the seed's umbrella command: its documented command lines, logs, locks and usage errors."""
+import fcntl
+import json
+import socket
+
+import afmetrics_common as common
+import utmp
+from conftest import log_lines
+
+TOKEN, SALT = "tok-5d2e8a", "5tKC%>f&%#hg"
+
+
+def read_documents(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_seed_debug_command_line(run_collector, tmp_path):
+    sessions = utmp.write(tmp_path / "utmp", utmp.login("root", "pts/0", 10, 7))
+    log_file = tmp_path / "afmetrics.log"
+    done = run_collector("afmetrics_collector", "-d", "-vv", "-sjb", "--host", "-t", TOKEN, "-c", "UC-AF", "-o",
+                         "-O", "bnl.gov", "-z", SALT, "-g", "atlas", "-q", "all:", "-q", 'short:queue=="short"',
+                         "--utmp", sessions, "--state-dir", tmp_path / "state", "--log-file", log_file,
+                         cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "KUBECONFIG": ""})
+    assert done.returncode == 1  # no condor_q and no Kubernetes here; the rest is still written
+    assert done.stderr == ""  # cron's stderr stays quiet: the seed logs to its log file
+    lines = log_lines(log_file.read_text())
+    assert "ERROR:condor:condor_q not found on PATH" in lines
+    assert "ERROR:jupyter:cannot load in-cluster config (no KUBECONFIG set): Service host/port is not set." in lines
+    assert any(line.startswith("DEBUG:") for line in lines)  # -vv
+    assert "WARNING:afmetrics:group atlas does not exist on this host: every user is left out" in lines
+    assert TOKEN not in log_file.read_text() and SALT not in log_file.read_text()
+
+    node = common.obfuscate_host(socket.gethostname(), "bnl.gov")
+    [ssh] = read_documents(tmp_path / "ssh.json")
+    assert ssh == {"kind": "ssh", "login_node": node, "ssh_user_count": 0, "users": [], "cluster": "UC-AF",
+                   "token": "***"}
+    host = read_documents(tmp_path / "host.json")
+    assert [d["kind"] for d in host][:2] == ["CPU", "MEM"]
+    assert all(d["login_node"] == node and d["token"] == "***" for d in host)
+    assert not (tmp_path / "condor.json").exists() and not (tmp_path / "jupyter.json").exists()
+
+
+def test_per_script_run_without_a_token_writes_debug_file(run_collector, tmp_path):
+    done = run_collector("host.py", "-d", "-v", "--disk", "/", "--state-dir", tmp_path / "state", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert {d["token"] for d in read_documents(tmp_path / "host.json")} == {""}
+    assert "INFO:host:collected 3 document(s)" in log_lines(done.stderr)
+
+
+def test_bad_config_stops_before_collecting(run_collector, tmp_path):
+    config = tmp_path / "bad.conf"
+    config.write_text("token = %s\n" % TOKEN)  # no [afmetrics] header
+    done = run_collector("afmetrics_collector", "-d", "-s", "--host", "--config", config,
+                         "--state-dir", tmp_path / "state", cwd=tmp_path)
+    assert done.returncode == 2
+    assert log_lines(done.stderr) == ["ERROR:afmetrics:cannot read config file %s: MissingSectionHeaderError "
+                                      "at line 1" % config]
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_no_collector_chosen_is_a_usage_error(run_collector, tmp_path):
+    done = run_collector("afmetrics_collector", "-d", cwd=tmp_path)
+    assert done.returncode == 2
+    assert log_lines(done.stderr) == ["ERROR:afmetrics:no collector chosen: give at least one of -s -b -j --host"]
+
+
+def test_argparse_usage_error_exits_2(run_collector, tmp_path):
+    done = run_collector("host.py", "--timeout", "soon", cwd=tmp_path)
+    assert done.returncode == 2 and "invalid float value: 'soon'" in done.stderr
+
+
+def test_run_still_going_makes_the_next_one_skip(run_collector, tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    with open(state / "host.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        done = run_collector("afmetrics_collector", "-d", "-s", "--host", "--state-dir", state, cwd=tmp_path)
+    assert done.returncode == 0
+    assert "WARNING:host:previous host run still going: this run skipped" in log_lines(done.stderr)
+    assert (tmp_path / "ssh.json").exists() and not (tmp_path / "host.json").exists()
+
+
+def test_unwritable_state_dir_is_a_usage_error(run_collector, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    done = run_collector("host.py", "-d", "--state-dir", blocker / "state", cwd=tmp_path)
+    assert done.returncode == 2
+    assert log_lines(done.stderr) == ["ERROR:afmetrics:cannot create state dir %s: Not a directory "
+                                      "(set --state-dir)" % (blocker / "state")]
+
+
+def test_version_and_help(run_collector):
+    assert run_collector("afmetrics_collector", "--version").stdout.strip() == "afmetrics " + common.__version__
+    helped = run_collector("condor.py", "--help")
+    assert helped.returncode == 0 and "NAME:CONSTRAINT" in helped.stdout and "--obfuscate-hosts" in helped.stdout
