@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 __version__ = "1.0.0"
 
@@ -83,6 +84,7 @@ COMMON_SETTINGS = [
     Setting("spool_max_age_hours", "float", 168.0),
     Setting("batch_size", "int", 1),
     Setting("gzip", "bool", False),
+    Setting("connections", "int", 4),
     Setting("obfuscate_users", "bool", False),
     Setting("salt", "str", ""),
     Setting("obfuscate_hosts", "str", ""),
@@ -394,30 +396,33 @@ class Spool:
 
 
 class Delivery:
-    """POSTs documents to the endpoint over one keep-alive session, with retries inside a time budget."""
+    """POSTs documents over one session of keep-alive connections, with retries inside a time budget."""
 
     RETRY_STATUSES = (429, 500, 502, 503, 504)
+    RETRIES = 3
+    CONNECT_TIMEOUT, READ_TIMEOUT = 10.0, 30.0
 
-    def __init__(self, opts, logger):
+    def __init__(self, opts):
         import requests  # only delivery needs it: debug runs and --help stay light
         from requests.adapters import HTTPAdapter
         from urllib3.util.retry import Retry
 
-        self.requests, self.log, self.opts = requests, logger, opts
-        self.deadline = time.monotonic() + opts.send_budget
-        self.endpoint_down = None
         class CappedRetry(Retry):
             # Honour Retry-After, but a reply asking for an hour must not stall the run past its budget.
             def get_retry_after(self, response):
                 after = super().get_retry_after(response)
                 return None if after is None else min(after, self.backoff_max)
 
-        retry = CappedRetry(total=3, backoff_factor=0.5, backoff_jitter=0.5, backoff_max=10,
+        self.requests, self.opts = requests, opts
+        self.deadline = time.monotonic() + opts.send_budget
+        self.endpoint_down = None
+        retry = CappedRetry(total=self.RETRIES, backoff_factor=0.5, backoff_jitter=0.5, backoff_max=10,
                             status_forcelist=self.RETRY_STATUSES, allowed_methods=None,
                             respect_retry_after_header=True, raise_on_status=False)
+        adapter = HTTPAdapter(max_retries=retry, pool_maxsize=max(1, opts.connections))
         self.session = requests.Session()
-        self.session.mount("https://", HTTPAdapter(max_retries=retry))
-        self.session.mount("http://", HTTPAdapter(max_retries=retry))
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
         # Passed with each request: a Session.verify would lose to $REQUESTS_CA_BUNDLE (requests#3829).
         self.verify = opts.ca_bundle or True
         self.session.headers["Content-Type"] = "application/json"
@@ -433,9 +438,12 @@ class Delivery:
         body = json.dumps(payload).encode("utf-8")
         if self.opts.gzip:
             body = gzip.compress(body)
+        # Every attempt, retries included, must fit in what is left of the budget.
+        per_attempt = remaining / (self.RETRIES + 1)
         try:
             reply = self.session.post(self.opts.url, data=body, verify=self.verify,
-                                      timeout=(min(10, remaining), min(30, remaining)))
+                                      timeout=(min(self.CONNECT_TIMEOUT, per_attempt),
+                                               min(self.READ_TIMEOUT, per_attempt)))
         except self.requests.exceptions.SSLError as error:
             self.endpoint_down = "TLS verification of %s failed (%s)" % (self.opts.url, type(error).__name__)
             return False
@@ -451,12 +459,18 @@ class Delivery:
         return reply.status_code
 
     def deliver(self, documents, token, logger):
-        """Send documents in order; return those to keep. A document refused for good is logged and dropped."""
+        """Send documents, oldest first; return those to keep. One refused for good is logged and dropped."""
         size = max(1, self.opts.batch_size)
+        chunks = [documents[start:start + size] for start in range(0, len(documents), size)]
+
+        def send(chunk):
+            return self._post([with_token(d, token) for d in chunk] if size > 1 else with_token(chunk[0], token))
+
+        # A few requests in flight hide the endpoint's round trip; more would only load the receiver.
+        with ThreadPoolExecutor(max_workers=max(1, self.opts.connections)) as pool:
+            outcomes = list(pool.map(send, chunks))
         undelivered, refused = [], 0
-        for start in range(0, len(documents), size):
-            chunk = documents[start:start + size]
-            outcome = self._post([with_token(d, token) for d in chunk] if size > 1 else with_token(chunk[0], token))
+        for chunk, outcome in zip(chunks, outcomes):
             if outcome is False:
                 undelivered.extend(chunk)
             elif outcome is not True:
@@ -524,7 +538,10 @@ def deliver_with_spool(run, documents, collected_ms, delivery):
     waiting = spool.load()
     if waiting:
         run.log.info("re-sending %d spooled document(s) first", len(waiting))
-    undelivered, refused = delivery.deliver(waiting + documents, run.opts.token, run.log)
+    # The spool as a phase of its own: all of it goes before this run's documents.
+    undelivered, refused = delivery.deliver(waiting, run.opts.token, run.log)
+    undelivered_now, refused_now = delivery.deliver(documents, run.opts.token, run.log)
+    undelivered, refused = undelivered + undelivered_now, refused + refused_now
     if undelivered or waiting:
         spool.save([dict(d, timestamp=d.get("timestamp", collected_ms)) for d in undelivered])
     if undelivered:
@@ -541,7 +558,7 @@ def run_collectors(modules, opts):
         raise UsageError("no token: set token in the config file, AFMETRICS_TOKEN or -t (or use -d)")
     StateDir(opts.state_dir, log).prepare()
     users = UserFilter(opts, log)
-    delivery = None if opts.debug else Delivery(opts, log)
+    delivery = None if opts.debug else Delivery(opts)
     return max(collect_and_deliver(module, opts, users, delivery) for module in modules)
 
 

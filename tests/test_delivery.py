@@ -24,7 +24,7 @@ def endpoint(receiver, *more):
 def test_umbrella_delivers_every_document_with_token_and_cluster(run_collector, receiver, sessions, tmp_path):
     done = run_collector("afmetrics_collector", "-vv", "-s", "--host", "-c", "UC-AF", "--utmp", sessions,
                          "--disk", "/", "--state-dir", tmp_path / "state", *endpoint(receiver),
-                         env={"AFMETRICS_TOKEN": TOKEN}, cwd=tmp_path)
+                         env={"AFMETRICS_TOKEN": TOKEN, "AFMETRICS_CONNECTIONS": "1"}, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert receiver.kinds() == ["CPU", "DISK", "MEM", "ssh"]
     assert all(d["token"] == TOKEN and d["cluster"] == "UC-AF" for d in receiver.documents)
@@ -89,7 +89,8 @@ def test_failed_delivery_is_spooled_and_sent_first_next_run(run_collector, recei
     receiver.fail_next(*[500] * 4)  # every attempt of the first document: the endpoint is down
     args = ["afmetrics_collector", "-s", "--host", "--disk", "/", "--utmp", sessions, "--state-dir", state,
             *endpoint(receiver)]
-    first = run_collector(*args, env={"AFMETRICS_TOKEN": TOKEN}, cwd=tmp_path)
+    env = {"AFMETRICS_TOKEN": TOKEN, "AFMETRICS_CONNECTIONS": "1"}  # one connection: arrival order is exact
+    first = run_collector(*args, env=env, cwd=tmp_path)
     assert first.returncode == 1
     errors = [line for line in log_lines(first.stderr) if line.startswith("ERROR")]
     assert errors == ["ERROR:ssh:1 document(s) not delivered (%s answered HTTP 500): kept for the next run"
@@ -102,7 +103,7 @@ def test_failed_delivery_is_spooled_and_sent_first_next_run(run_collector, recei
     assert [d["kind"] for d in spooled] == ["ssh", "CPU", "MEM", "DISK"]
     assert all("token" not in d and isinstance(d["timestamp"], int) for d in spooled)
 
-    second = run_collector(*args, env={"AFMETRICS_TOKEN": TOKEN}, cwd=tmp_path)
+    second = run_collector(*args, env=env, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     # Spooled documents first, carrying the time they were collected; then this run's.
     assert [d["kind"] for d in receiver.documents] == ["ssh", "ssh", "CPU", "MEM", "DISK", "CPU", "MEM", "NETWORK",
@@ -144,7 +145,7 @@ def test_refused_document_is_dropped_and_logged_not_retried(run_collector, recei
 def test_corrupt_spool_lines_are_dropped_with_a_warning(run_collector, receiver, sessions, tmp_path):
     (tmp_path / "spool-ssh.jsonl").write_text('{"kind": "ssh", "users": [], "timestamp": 5}\n{torn\n[1]\n')
     done = run_collector("ssh.py", "--utmp", sessions, "--state-dir", tmp_path, *endpoint(receiver),
-                         env={"AFMETRICS_TOKEN": TOKEN}, cwd=tmp_path)
+                         env={"AFMETRICS_TOKEN": TOKEN, "AFMETRICS_CONNECTIONS": "1"}, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "WARNING:ssh:spool %s: 2 corrupt line(s) dropped" % (tmp_path / "spool-ssh.jsonl") in log_lines(done.stderr)
     assert [d.get("timestamp") for d in receiver.documents] == [5, None]
