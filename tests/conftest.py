@@ -68,3 +68,6 @@ def run_collector():
                               capture_output=True, text=True, env=collector_environment(env),
                               cwd=cwd, timeout=timeout, stdin=subprocess.DEVNULL)
     return run
+
+
+pytest_plugins = ["k8s_standin"]
