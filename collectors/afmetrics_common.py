@@ -241,7 +241,7 @@ class UserFilter:
         self.obfuscate = opts.obfuscate_users
         self.group = opts.group
         self.members, self.gid = set(), None
-        self.verdicts = {}
+        self.verdicts, self.primary_gids = {}, None
         if self.group:
             try:
                 entry = grp.getgrnam(self.group)
@@ -249,14 +249,26 @@ class UserFilter:
             except KeyError:
                 logger.warning("group %s does not exist on this host: every user is left out", self.group)
 
+    def _primary_gid(self, user):
+        # With the files backend every getpwnam() reads /etc/passwd from the top, which makes thousands of
+        # users quadratic; one pass over what the user database lists keeps it linear. Directory users it
+        # does not list (sssd without enumeration) are still looked up one by one.
+        if self.primary_gids is None:
+            self.primary_gids = {entry.pw_name: entry.pw_gid for entry in pwd.getpwall()}
+        if user in self.primary_gids:
+            return self.primary_gids[user]
+        try:
+            return pwd.getpwnam(user).pw_gid
+        except KeyError:
+            return None
+
     def _in_group(self, user):
         if user in self.members:
             return True
-        try:
-            return pwd.getpwnam(user).pw_gid == self.gid
-        except KeyError:
+        gid = self._primary_gid(user)
+        if gid is None:
             self.log.debug("user %s is not known on this host: left out by the group filter", user)
-            return False
+        return gid is not None and gid == self.gid
 
     def report_name(self, user):
         """The name to report for user, or None when the group filter leaves the user out."""
