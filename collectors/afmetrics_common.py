@@ -407,6 +407,15 @@ class Spool:
         return len(kept)
 
 
+def network_failure(error):
+    """A short reason for a urllib3 failure: its type, with the OS's words where it gives some."""
+    cause = getattr(error, "reason", None) or error  # MaxRetryError wraps the last attempt's failure
+    text = str(cause)
+    os_words = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    detail = os_words.group(1).strip() if os_words else "timed out" if "timed out" in text else ""
+    return "%s (%s)" % (type(cause).__name__, detail) if detail else type(cause).__name__
+
+
 class Delivery:
     """POSTs documents over one session of keep-alive connections, with retries inside a time budget."""
 
@@ -455,11 +464,10 @@ class Delivery:
         try:
             reply = self.pool.request("POST", self.opts.url, body=body, headers=self.headers, timeout=timeout)
         except self.urllib3.exceptions.HTTPError as error:
-            cause = getattr(error, "reason", None) or error
-            if isinstance(cause, self.urllib3.exceptions.SSLError):
-                self.endpoint_down = "TLS verification of %s failed (%s)" % (self.opts.url, type(cause).__name__)
+            if isinstance(getattr(error, "reason", error), self.urllib3.exceptions.SSLError):
+                self.endpoint_down = "TLS verification of %s failed" % self.opts.url
             else:
-                self.endpoint_down = "cannot reach %s: %s" % (self.opts.url, type(cause).__name__)
+                self.endpoint_down = "cannot reach %s: %s" % (self.opts.url, network_failure(error))
             return False
         if reply.status < 300:
             return True

@@ -101,8 +101,7 @@ def list_pods(api, host, namespace, label, timeout):
         raise common.SourceError("Kubernetes API %s refused to list pods in %s: HTTP %s %s"
                                  % (host, namespace, error.status, error.reason))
     except HTTPError as error:
-        cause = getattr(error, "reason", None) or error
-        raise common.SourceError("cannot reach Kubernetes API %s: %s" % (host, type(cause).__name__))
+        raise common.SourceError("cannot reach Kubernetes API %s: %s" % (host, common.network_failure(error)))
     except ValueError:
         raise common.SourceError("Kubernetes API %s answered with something that is not JSON" % host)
 

@@ -120,7 +120,7 @@ def test_unreachable_endpoint_is_one_line_and_nothing_lost(run_collector, sessio
     done = run_collector("ssh.py", "--utmp", sessions, "--state-dir", tmp_path, "-u", url,
                          env={"AFMETRICS_TOKEN": TOKEN}, cwd=tmp_path)
     assert done.returncode == 1
-    assert log_lines(done.stderr) == ["ERROR:ssh:1 document(s) not delivered (cannot reach %s: NewConnectionError): "
+    assert log_lines(done.stderr) == ["ERROR:ssh:1 document(s) not delivered (cannot reach %s: NewConnectionError (Connection refused)): "
                                       "kept for the next run" % url]
     assert json.loads((tmp_path / "spool-ssh.jsonl").read_text())["users"] == ["alice", "bob"]
 
