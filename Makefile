@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 .DEFAULT_GOAL := test
 
-.PHONY: run test venv unit vermin clean
+.PHONY: run test venv unit vermin bench clean
 
 $(STAMP): requirements.txt requirements-jupyter.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ unit: $(STAMP)
 # Collectors must run on EL9's Python 3.9.
 vermin: $(STAMP)
 	$(VENV)/bin/vermin -q --no-tips --eval-annotations --target=3.9- --violations collectors/*.py collectors/afmetrics_collector
+
+# Numbers, not pass/fail: prints a table and writes bench/results/latest.md (takes minutes).
+bench: $(STAMP)
+	$(PY) bench/run.py
 
 clean:
 	rm -rf $(VENV) run .pytest_cache

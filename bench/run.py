@@ -1,0 +1,166 @@
+"""afmetrics benchmarks: every figure is the median of several runs on this machine.
+
+Prints one table (markdown) and writes it to bench/results/latest.md. `make bench` runs it all;
+`--only host,delivery` picks sections; `--runs N` sets the repetitions.
+"""
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+BENCH = pathlib.Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "collectors"), str(BENCH)]
+
+import trustme  # noqa: E402
+
+import utmp  # noqa: E402
+from latency_proxy import LatencyProxy  # noqa: E402
+from receiver import Receiver  # noqa: E402
+
+TOKEN = "bench-token"
+
+
+class Table:
+    def __init__(self):
+        self.rows = []
+
+    def add(self, what, wall=None, cpu=None, rss_mb=None, target="", command=""):
+        cells = ["%.3f s" % wall if wall is not None else "", "%.3f s" % cpu if cpu is not None else "",
+                 "%.1f MB" % rss_mb if rss_mb is not None else ""]
+        self.rows.append([what] + cells + [target, "`%s`" % command if command else ""])
+        print("  %-58s %10s %10s %9s  %s" % tuple([what] + cells + [target]), flush=True)
+
+    def markdown(self):
+        head = ["what", "wall (median)", "CPU (median)", "peak RSS", "target", "reproduce"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in self.rows]) + "\n"
+
+
+def measure(argv, runs, env=None, cwd=None):
+    """Median wall, CPU (user+sys) and peak RSS of a command, from the kernel's accounting of that child."""
+    walls, cpus, peaks = [], [], []
+    for _ in range(runs):
+        started = time.perf_counter()
+        child = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(child.pid, 0)
+        walls.append(time.perf_counter() - started)
+        errors = child.stderr.read().decode(errors="replace")
+        child.stderr.close()
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit("benchmark command failed: %s\n%s" % (" ".join(map(str, argv)), errors[-2000:]))
+        cpus.append(usage.ru_utime + usage.ru_stime)
+        peaks.append(usage.ru_maxrss / 1024)
+    return statistics.median(walls), statistics.median(cpus), statistics.median(peaks)
+
+
+def collector_env(extra=None):
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AFMETRICS_")}
+    env.update({"AFMETRICS_CONFIG": "", "AFMETRICS_LOG_FILE": "", "AFMETRICS_TOKEN": TOKEN})
+    env.update(extra or {})
+    return env
+
+
+def collector(script):
+    return [sys.executable, str(REPO / "collectors" / script)]
+
+
+class Endpoint:
+    """A local HTTPS receiver, optionally behind a proxy adding a round-trip time."""
+
+    def __init__(self, workdir, rtt=0.0):
+        ca = trustme.CA()
+        self.ca_file = str(workdir / "ca.pem")
+        ca.cert_pem.write_to_path(self.ca_file)
+        self.receiver = Receiver(ca.issue_cert("127.0.0.1"), self.ca_file)
+        self.proxy = LatencyProxy(self.receiver.server.server_address[1], rtt) if rtt else None
+        self.url = "https://127.0.0.1:%d/" % self.proxy.port if self.proxy else self.receiver.url
+
+    def args(self):
+        return ["-u", self.url, "--ca-bundle", self.ca_file]
+
+    def close(self):
+        if self.proxy:
+            self.proxy.close()
+        self.receiver.close()
+
+
+def bench_host_and_ssh(table, runs, workdir):
+    endpoint = Endpoint(workdir)
+    try:
+        state = workdir / "state"
+        argv = collector("host.py") + ["--disk", "/", "--state-dir", str(state)] + endpoint.args()
+        table.add("host.py as cron runs it (CPU, MEM, NETWORK, DISK /)", *measure(argv, runs, collector_env()),
+                  target="<= 120 ms, <= 40 MB", command="python3 collectors/host.py --disk /")
+        sessions = utmp.write(workdir / "utmp", *[utmp.login("user%03d" % i, "pts/%d" % i, i, 1000 + i)
+                                                  for i in range(500)])
+        argv = collector("ssh.py") + ["--utmp", str(sessions), "--state-dir", str(state)] + endpoint.args()
+        table.add("ssh.py, 500 sessions in a real utmp file", *measure(argv, runs, collector_env()),
+                  target="<= 120 ms, <= 40 MB", command="python3 collectors/ssh.py --utmp FILE")
+    finally:
+        endpoint.close()
+
+
+def bench_delivery(table, runs, workdir, count=10000):
+    sender = [sys.executable, str(BENCH / "send_documents.py")]
+    for rtt in (0.0, 0.020):
+        endpoint = Endpoint(workdir, rtt)
+        label = "%d ms RTT" % (rtt * 1000)
+        common = ["--url", endpoint.url, "--ca", endpoint.ca_file, "--count", str(count)]
+        try:
+            cases = [("bare http.client, 8 connections (receiver ceiling)", ["bare", "--connections", "8"], runs),
+                     ("afmetrics default (8 connections, one document each)", ["afmetrics"], runs),
+                     ("afmetrics, 1 connection", ["afmetrics", "--connections", "1"], 1),
+                     ("afmetrics array mode (batch_size 100)", ["afmetrics", "--batch-size", "100"], runs),
+                     # The tool sites run today opens a connection per document: one run is plenty.
+                     ("new connection per document (today's tool)", ["new-connection"], 1)]
+            for what, args, repetitions in cases:
+                wall, cpu, rss = measure(sender + args + common, repetitions)
+                table.add("delivery of %d documents, %s: %s" % (count, label, what), wall, cpu, rss,
+                          target="< 30 s at 20 ms" if args == ["afmetrics"] and rtt else "",
+                          command="python3 bench/send_documents.py %s --count %d" % (" ".join(args), count))
+        finally:
+            endpoint.close()
+
+
+def bench_group_filter(table, runs, workdir):
+    results = []
+    for _ in range(runs):
+        done = subprocess.run([sys.executable, str(BENCH / "group_filter.py")], capture_output=True, text=True,
+                              check=True)
+        results.append(json.loads(done.stdout))
+    for users in results[0]:
+        seconds = statistics.median(result[users]["seconds"] for result in results)
+        table.add("group filter: %s users, 50,000 groups (files backend)" % users, wall=seconds,
+                  target="<= 0.5 s at 5,000, linear", command="python3 bench/group_filter.py")
+
+
+SECTIONS = {"host": bench_host_and_ssh, "delivery": bench_delivery, "groups": bench_group_filter}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", default=",".join(SECTIONS), help="sections: " + ",".join(SECTIONS))
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    table = Table()
+    with tempfile.TemporaryDirectory(prefix="afmetrics-bench-") as workdir:
+        for name in args.only.split(","):
+            print("== %s" % name, flush=True)
+            SECTIONS[name](table, args.runs, pathlib.Path(workdir))
+    results = BENCH / "results"
+    results.mkdir(exist_ok=True)
+    header = "# afmetrics benchmarks\n\n%s, %d CPUs, Python %s, median of %d runs\n\n" % (
+        time.strftime("%Y-%m-%d %H:%M"), os.cpu_count(), sys.version.split()[0], args.runs)
+    (results / "latest.md").write_text(header + table.markdown())
+    print("\n" + table.markdown())
+    print("written to %s" % (results / "latest.md"))
+
+
+if __name__ == "__main__":
+    main()
