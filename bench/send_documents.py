@@ -8,6 +8,7 @@ import http.client
 import json
 import logging
 import os
+import socket
 import ssl
 import sys
 import threading
@@ -47,6 +48,9 @@ def send_bare(args, docs):
 
     def worker(share):
         connection = http.client.HTTPSConnection(address.hostname, address.port, context=context)
+        connection.connect()
+        # As urllib3 does: without it Nagle's algorithm holds small requests back.
+        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for document in share:
             connection.request("POST", "/", body=json.dumps(document), headers={"Content-Type": "application/json"})
             reply = connection.getresponse()
@@ -67,7 +71,7 @@ def main():
     parser.add_argument("--url", required=True)
     parser.add_argument("--ca", required=True)
     parser.add_argument("--count", type=int, default=10000)
-    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=1)
     args = parser.parse_args()
     sender = {"afmetrics": send_afmetrics, "new-connection": send_new_connection, "bare": send_bare}[args.mode]

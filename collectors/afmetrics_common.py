@@ -84,7 +84,7 @@ COMMON_SETTINGS = [
     Setting("spool_max_age_hours", "float", 168.0),
     Setting("batch_size", "int", 1),
     Setting("gzip", "bool", False),
-    Setting("connections", "int", 4),
+    Setting("connections", "int", 10),
     Setting("obfuscate_users", "bool", False),
     Setting("salt", "str", ""),
     Setting("obfuscate_hosts", "str", ""),
