@@ -6,8 +6,11 @@ a missing or unknown bearer token gives a 401 `Status`, a known token without ri
 Its own CA (trustme) signs the server certificate; write_kubeconfig() and write_serviceaccount() give the
 collector what it needs to trust and authenticate to it. `delay` holds every answer back (timeout tests).
 
-Fixtures: `kubernetes_api` (a fresh stand-in per test) and `unreachable_kubernetes_url`. Registered as a pytest
-plugin from tests/conftest.py.
+Fixtures: `kubernetes_api` (a fresh stand-in per test), `unreachable_kubernetes_url` and `run_jupyter`. A pytest
+plugin (pytest_plugins in tests/conftest.py) that also registers the `k8s_real` marker: those tests run only with
+-m k8s_real.
+Elsewhere (bench/): `ca = trustme.CA(); ca.cert_pem.write_to_path(path); api = KubernetesStandIn(ca, path)`, then
+api.allow(token, user, namespaces), api.add_pod(...), api.write_kubeconfig(...), and api.close() at the end.
 """
 import base64
 import datetime
@@ -155,7 +158,8 @@ class _Server(http.server.ThreadingHTTPServer):
 class KubernetesStandIn:
     """An HTTPS Kubernetes API on 127.0.0.1 serving pods of any namespace to the tokens allowed to list them."""
 
-    def __init__(self, server_cert, ca_pem):
+    def __init__(self, ca, ca_file):
+        """CA: a trustme.CA, which signs the server's certificate; CA_FILE: that CA as a PEM file."""
         self.lock = threading.Lock()
         self.released = threading.Event()
         self.delay = 0.0  # seconds every answer is held back
@@ -163,11 +167,11 @@ class KubernetesStandIn:
         self._users = {}  # bearer token -> (user name, namespaces the user may list pods in)
         self._pods = {}  # namespace -> {pod name: pod}
         self._resource_version = 1000
-        self.ca_pem = ca_pem
+        self.ca_pem, self.ca_file = ca.cert_pem.bytes(), ca_file
         self.server = _Server(("127.0.0.1", 0), _Handler)
         self.server.api = self
         self.server.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        server_cert.configure_cert(self.server.tls)
+        ca.issue_cert("127.0.0.1", "localhost").configure_cert(self.server.tls)
         self.port = self.server.server_address[1]
         self.url = "https://127.0.0.1:%d" % self.port
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -236,12 +240,8 @@ class KubernetesStandIn:
         return write_kubeconfig(path, server or self.url, self.ca_pem, token)
 
     def write_serviceaccount(self, directory, token, namespace="af-jupyter"):
-        """The files Kubernetes mounts at /var/run/secrets/kubernetes.io/serviceaccount in a pod."""
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "token").write_text(token)
-        (directory / "ca.crt").write_bytes(self.ca_pem)
-        (directory / "namespace").write_text(namespace)
-        return directory
+        """A pod's service account files for TOKEN, trusting this stand-in's CA."""
+        return write_serviceaccount(directory, self.ca_pem, token, namespace)
 
     def close(self):
         self.released.set()
@@ -262,9 +262,29 @@ def write_kubeconfig(path, server, ca_pem, token):
     return path
 
 
+def write_serviceaccount(directory, ca_pem, token, namespace):
+    """The files Kubernetes mounts at /var/run/secrets/kubernetes.io/serviceaccount in a pod."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "token").write_text(token)
+    (directory / "ca.crt").write_bytes(ca_pem)
+    (directory / "namespace").write_text(namespace)
+    return directory
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "k8s_real: needs the real kube-apiserver of scripts/kube-apiserver "
                                        "(make test-real)")
+
+
+def pytest_collection_modifyitems(config, items):
+    # `make unit` runs every file in tests/; the real apiserver's tests run once, in `make test-real` (-m k8s_real).
+    # Deselected rather than skipped: they are not passing here, they are run there.
+    if "k8s_real" in config.getoption("markexpr"):
+        return
+    real = [item for item in items if "k8s_real" in item.keywords]
+    if real:
+        config.hook.pytest_deselected(items=real)
+        items[:] = [item for item in items if "k8s_real" not in item.keywords]
 
 
 @pytest.fixture(scope="session")
@@ -273,16 +293,27 @@ def kubernetes_ca():
 
 
 @pytest.fixture(scope="session")
-def kubernetes_server_cert(kubernetes_ca):
-    return kubernetes_ca.issue_cert("127.0.0.1", "localhost")
+def kubernetes_ca_file(kubernetes_ca, tmp_path_factory):
+    path = tmp_path_factory.mktemp("kubernetes-ca") / "ca.crt"
+    kubernetes_ca.cert_pem.write_to_path(str(path))
+    return str(path)
 
 
 @pytest.fixture
-def kubernetes_api(kubernetes_ca, kubernetes_server_cert):
+def kubernetes_api(kubernetes_ca, kubernetes_ca_file):
     """A fresh stand-in: no pods, no tokens (add them with allow() and add_pod())."""
-    api = KubernetesStandIn(kubernetes_server_cert, kubernetes_ca.cert_pem.bytes())
+    api = KubernetesStandIn(kubernetes_ca, kubernetes_ca_file)
     yield api
     api.close()
+
+
+@pytest.fixture
+def run_jupyter(run_collector, tmp_path):
+    """run_jupyter(*args, env=None) runs collectors/jupyter.py in debug mode (-d) in tmp_path, for cluster UC-AF."""
+    def run(*args, env=None):
+        return run_collector("jupyter.py", "-d", "-c", "UC-AF", "--state-dir", tmp_path / "state", *args,
+                             env=env, cwd=tmp_path)
+    return run
 
 
 @pytest.fixture

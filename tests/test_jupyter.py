@@ -1,0 +1,311 @@
+"""jupyter.py end to end, run as cron runs it, against the HTTPS Kubernetes API stand-in (tests/k8s_standin.py).
+
+The same scenarios run against a real kube-apiserver in test_jupyter_real.py (make test-real).
+"""
+import hashlib
+import json
+import socket
+
+import pytest
+import requests
+
+from conftest import log_lines
+from k8s_standin import parse_label_selector, SelectorError
+
+READER = "reader-token-7f3a"  # may list pods in both namespaces
+NO_RIGHTS = "nobody-token-19c2"  # authenticated, but bound to no role
+ML_NAMESPACE, COFFEA_NAMESPACE = "af-jupyter", "coffea-casa"
+COFFEA_LABEL = "hub.jupyter.org/username"  # what KubeSpawner puts on coffea-casa's pods
+# (namespace, pod, labels, phase): pod names sort in another order than their owners, owners repeat,
+# and some pods have finished or carry no owner label.
+PODS = [
+    (ML_NAMESPACE, "jupyter-1", {"owner": "zoe"}, "Running"),
+    (ML_NAMESPACE, "jupyter-2", {"owner": "alice"}, "Pending"),
+    (ML_NAMESPACE, "jupyter-3", {"owner": "alice"}, "Running"),
+    (ML_NAMESPACE, "jupyter-4", {"owner": "bob"}, "Succeeded"),
+    (ML_NAMESPACE, "jupyter-5", {"owner": "carol"}, "Failed"),
+    (ML_NAMESPACE, "jupyter-6", {"owner": "dave"}, "Unknown"),  # node lost: the user may still be there
+    (ML_NAMESPACE, "hub-5d8c", {"component": "hub"}, "Running"),
+    (COFFEA_NAMESPACE, "jupyter-alice", {COFFEA_LABEL: "alice"}, "Running"),
+    (COFFEA_NAMESPACE, "jupyter-frank", {COFFEA_LABEL: "frank", "owner": "not-this-label"}, "Pending"),
+    (COFFEA_NAMESPACE, "jupyter-gina", {COFFEA_LABEL: "gina"}, "Succeeded"),
+    (COFFEA_NAMESPACE, "dask-scheduler", {"app": "dask"}, "Running"),
+]
+ML_USERS = ["alice", "dave", "zoe"]
+COFFEA_USERS = ["alice", "frank"]
+BOTH_SERVICES = ["--service", "ml:%s:owner" % ML_NAMESPACE, "--service", "coffea:%s:%s" % (COFFEA_NAMESPACE,
+                                                                                           COFFEA_LABEL)]
+
+
+@pytest.fixture
+def api(kubernetes_api):
+    kubernetes_api.allow(READER, "reader", [ML_NAMESPACE, COFFEA_NAMESPACE])
+    kubernetes_api.allow(NO_RIGHTS, "nobody")
+    for namespace, name, labels, phase in PODS:
+        kubernetes_api.add_pod(namespace, name, labels, phase)
+    return kubernetes_api
+
+
+def debug_documents(directory):
+    return [json.loads(line) for line in (directory / "jupyter.json").read_text().splitlines()]
+
+
+def the_error(done):
+    """The one log line of a failed run (no -v: nothing else is logged)."""
+    assert done.returncode == 1, done.stderr
+    lines = log_lines(done.stderr)
+    assert len(lines) == 1 and lines[0].startswith("ERROR:jupyter:"), lines
+    return lines[0]
+
+
+# --- configuration: kubeconfig, $KUBECONFIG, in-cluster ---------------------------------------------------------
+def test_kubeconfig_with_a_token_reports_the_default_ml_service(api, run_jupyter, tmp_path):
+    done = run_jupyter("--kubeconfig", api.write_kubeconfig(tmp_path / "kubeconfig", READER))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert debug_documents(tmp_path) == [{"kind": "jupyter-ml", "cluster": "UC-AF", "token": "",
+                                          "jupyter_user_count": 3, "users": ML_USERS}]
+    # One call: the label selector leaves the hub and other pods to the API.
+    assert [(r["path"], r["query"], r["authorization"]) for r in api.requests] == [
+        ("/api/v1/namespaces/af-jupyter/pods", {"labelSelector": ["owner"]}, "Bearer " + READER)]
+
+
+def test_kubeconfig_from_the_environment(api, run_jupyter, tmp_path):
+    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", READER)
+    done = run_jupyter(env={"KUBECONFIG": str(kubeconfig)})
+    assert done.returncode == 0, done.stderr
+    assert debug_documents(tmp_path)[0]["users"] == ML_USERS
+
+
+def test_kubeconfig_option_wins_over_the_environment(api, run_jupyter, tmp_path):
+    refused = api.write_kubeconfig(tmp_path / "nobody.kubeconfig", NO_RIGHTS)
+    done = run_jupyter("--kubeconfig", api.write_kubeconfig(tmp_path / "kubeconfig", READER),
+                       env={"KUBECONFIG": str(refused)})
+    assert done.returncode == 0, done.stderr
+    assert debug_documents(tmp_path)[0]["users"] == ML_USERS
+
+
+def test_in_cluster_service_account(api, run_jupyter, tmp_path):
+    account = api.write_serviceaccount(tmp_path / "serviceaccount", READER)
+    done = run_jupyter("--serviceaccount-dir", account, env=api.in_cluster_environment())
+    assert done.returncode == 0, done.stderr
+    assert debug_documents(tmp_path)[0]["users"] == ML_USERS
+    # The client's in-cluster loader writes the scheme in lower case, which the API accepts.
+    assert api.requests[0]["authorization"] == "bearer " + READER
+
+
+def test_neither_kubeconfig_nor_in_cluster_is_a_one_line_error(run_jupyter, tmp_path):
+    error = the_error(run_jupyter("--serviceaccount-dir", tmp_path / "no-such-dir"))
+    assert error.startswith("ERROR:jupyter:cannot load in-cluster config (no KUBECONFIG set): ")
+
+
+def test_malformed_kubeconfig_is_a_one_line_error(run_jupyter, tmp_path):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("clusters: [unclosed\n")
+    error = the_error(run_jupyter("--kubeconfig", kubeconfig))
+    assert error.startswith("ERROR:jupyter:cannot load kubeconfig %s: " % kubeconfig)
+
+
+# --- the API refuses, is gone, or is slow ----------------------------------------------------------------------
+def test_token_without_rights_is_a_one_line_403(api, run_jupyter, tmp_path):
+    done = run_jupyter("--kubeconfig", api.write_kubeconfig(tmp_path / "kubeconfig", NO_RIGHTS))
+    assert the_error(done) == ("ERROR:jupyter:Kubernetes API %s refused to list pods in af-jupyter: HTTP 403 "
+                               "Forbidden" % api.url)
+    assert not (tmp_path / "jupyter.json").exists()
+
+
+def test_unknown_token_is_a_one_line_401(api, run_jupyter, tmp_path):
+    done = run_jupyter("--kubeconfig", api.write_kubeconfig(tmp_path / "kubeconfig", "revoked-token"))
+    assert the_error(done) == ("ERROR:jupyter:Kubernetes API %s refused to list pods in af-jupyter: HTTP 401 "
+                               "Unauthorized" % api.url)
+
+
+def test_service_account_without_rights_in_its_namespace(api, run_jupyter, tmp_path):
+    api.allow("coffea-only", "coffea-reader", [COFFEA_NAMESPACE])
+    account = api.write_serviceaccount(tmp_path / "serviceaccount", "coffea-only")
+    done = run_jupyter("--serviceaccount-dir", account, env=api.in_cluster_environment())
+    assert "refused to list pods in af-jupyter: HTTP 403 Forbidden" in the_error(done)
+
+
+def test_unreachable_server_is_a_one_line_error(api, run_jupyter, tmp_path, unreachable_kubernetes_url):
+    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", READER, server=unreachable_kubernetes_url)
+    error = the_error(run_jupyter("--kubeconfig", kubeconfig))
+    assert error.startswith("ERROR:jupyter:cannot reach Kubernetes API %s: " % unreachable_kubernetes_url)
+    assert "refused" in error.lower()  # the operator learns why: nothing listens there
+
+
+def test_slow_server_ends_at_the_timeout_with_a_one_line_error(api, run_jupyter, tmp_path):
+    api.delay = 60  # far beyond --timeout and the run_collector limit alike
+    done = run_jupyter("--timeout", "1", "--kubeconfig", api.write_kubeconfig(tmp_path / "kubeconfig", READER))
+    error = the_error(done)
+    assert error.startswith("ERROR:jupyter:cannot reach Kubernetes API %s: " % api.url)
+    assert "timeout" in error.lower() or "timed out" in error.lower()
+    assert len(api.requests) == 1  # no retries: --timeout bounds the whole call
+
+
+def test_server_that_never_answers_the_tls_handshake_ends_at_the_timeout(api, run_jupyter, tmp_path):
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # the kernel completes the TCP handshake; nobody ever accepts
+        url = "https://127.0.0.1:%d" % silent.getsockname()[1]
+        done = run_jupyter("--timeout", "1", "--kubeconfig",
+                           api.write_kubeconfig(tmp_path / "kubeconfig", READER, server=url))
+    error = the_error(done)
+    assert error.startswith("ERROR:jupyter:cannot reach Kubernetes API %s: " % url)
+    assert "timeout" in error.lower() or "timed out" in error.lower()
+
+
+# --- what is counted -------------------------------------------------------------------------------------------
+def test_two_services_in_two_namespaces(api, run_jupyter, tmp_path):
+    done = run_jupyter("--kubeconfig", api.write_kubeconfig(tmp_path / "kubeconfig", READER), *BOTH_SERVICES)
+    assert done.returncode == 0, done.stderr
+    assert debug_documents(tmp_path) == [
+        {"kind": "jupyter-ml", "cluster": "UC-AF", "token": "", "jupyter_user_count": 3, "users": ML_USERS},
+        {"kind": "jupyter-coffea", "cluster": "UC-AF", "token": "", "jupyter_user_count": 2, "users": COFFEA_USERS},
+    ]
+    assert [r["query"]["labelSelector"] for r in api.requests] == [["owner"], [COFFEA_LABEL]]
+
+
+def test_namespace_and_label_options_move_the_default_service(api, run_jupyter, tmp_path):
+    done = run_jupyter("--kubeconfig", api.write_kubeconfig(tmp_path / "kubeconfig", READER),
+                       "-n", COFFEA_NAMESPACE, "-l", COFFEA_LABEL)
+    assert done.returncode == 0, done.stderr
+    [document] = debug_documents(tmp_path)
+    assert document["kind"] == "jupyter-ml" and document["users"] == COFFEA_USERS
+
+
+def test_namespace_without_pods_reports_no_users(api, run_jupyter, tmp_path):
+    api.allow("empty-reader", "empty-reader", ["empty"])
+    done = run_jupyter("--kubeconfig", api.write_kubeconfig(tmp_path / "kubeconfig", "empty-reader"), "-n", "empty")
+    assert done.returncode == 0, done.stderr
+    assert debug_documents(tmp_path)[0]["users"] == [] and debug_documents(tmp_path)[0]["jupyter_user_count"] == 0
+
+
+def test_one_refused_service_fails_the_run(api, run_jupyter, tmp_path):
+    done = run_jupyter("--kubeconfig", api.write_kubeconfig(tmp_path / "kubeconfig", READER),
+                       *BOTH_SERVICES, "--service", "forbidden:kube-system:owner")
+    assert "refused to list pods in kube-system: HTTP 403 Forbidden" in the_error(done)
+
+
+def test_obfuscated_users_are_md5_of_salt_and_name_sorted(api, run_jupyter, tmp_path):
+    done = run_jupyter("--kubeconfig", api.write_kubeconfig(tmp_path / "kubeconfig", READER), "-o", "-z", "pepper")
+    assert done.returncode == 0, done.stderr
+    expected = sorted(hashlib.md5(("pepper" + user).encode()).hexdigest()[-8:] for user in ML_USERS)
+    assert debug_documents(tmp_path)[0]["users"] == expected
+    assert debug_documents(tmp_path)[0]["jupyter_user_count"] == 3
+    assert "pepper" not in done.stderr
+
+
+def test_group_filter_keeps_members_only(kubernetes_api, run_jupyter, tmp_path):
+    kubernetes_api.allow(READER, "reader", [ML_NAMESPACE])
+    kubernetes_api.add_pod(ML_NAMESPACE, "jupyter-root", {"owner": "root"}, "Running")
+    kubernetes_api.add_pod(ML_NAMESPACE, "jupyter-stranger", {"owner": "no-such-user-here"}, "Running")
+    done = run_jupyter("--kubeconfig", kubernetes_api.write_kubeconfig(tmp_path / "kubeconfig", READER), "-g", "root")
+    assert done.returncode == 0, done.stderr
+    assert debug_documents(tmp_path)[0]["users"] == ["root"]
+
+
+def test_debug_file_appends_one_line_per_document_and_masks_the_token(api, run_jupyter, tmp_path):
+    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", READER)
+    for _ in range(2):
+        done = run_jupyter("--kubeconfig", kubeconfig, *BOTH_SERVICES, env={"AFMETRICS_TOKEN": "endpoint-secret"})
+        assert done.returncode == 0, done.stderr
+    lines = (tmp_path / "jupyter.json").read_text().splitlines()
+    assert [json.loads(line)["kind"] for line in lines] == ["jupyter-ml", "jupyter-coffea"] * 2
+    assert all(json.loads(line)["token"] == "***" for line in lines)
+    assert "endpoint-secret" not in (tmp_path / "jupyter.json").read_text()
+
+
+def test_documents_are_delivered_with_the_token(api, run_collector, receiver, tmp_path):
+    done = run_collector("jupyter.py", "-c", "UC-AF", "-u", receiver.url, "--ca-bundle", receiver.ca_file,
+                         "--state-dir", tmp_path / "state", *BOTH_SERVICES,
+                         "--kubeconfig", api.write_kubeconfig(tmp_path / "kubeconfig", READER),
+                         env={"AFMETRICS_TOKEN": "endpoint-secret"}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert sorted(receiver.documents, key=lambda document: document["kind"]) == [
+        {"kind": "jupyter-coffea", "cluster": "UC-AF", "token": "endpoint-secret", "jupyter_user_count": 2,
+         "users": COFFEA_USERS},
+        {"kind": "jupyter-ml", "cluster": "UC-AF", "token": "endpoint-secret", "jupyter_user_count": 3,
+         "users": ML_USERS},
+    ]
+
+
+def test_bad_service_is_usage_error(run_jupyter):
+    done = run_jupyter("--service", "ml:af-jupyter")
+    assert done.returncode == 2
+    assert log_lines(done.stderr) == ["ERROR:afmetrics:bad service 'ml:af-jupyter': expected NAME:NAMESPACE:LABEL, "
+                                      "e.g. ml:af-jupyter:owner"]
+
+
+# --- the stand-in answers as kube-apiserver does ---------------------------------------------------------------
+@pytest.mark.parametrize("selector, matching", [
+    ("", ["a", "b", "none"]),
+    ("owner", ["a", "b"]),
+    ("!owner", ["none"]),
+    ("owner=alice", ["a"]),
+    ("owner==alice", ["a"]),
+    ("owner!=alice", ["b", "none"]),  # != also matches pods without the key, as in Kubernetes
+    ("owner,app=jupyter", ["a"]),
+    ("owner in (alice, bob)", ["a", "b"]),
+    ("owner notin (alice)", ["b", "none"]),
+    ("hub.jupyter.org/username", []),
+])
+def test_label_selectors(selector, matching):
+    pods = {"a": {"owner": "alice", "app": "jupyter"}, "b": {"owner": "bob"}, "none": {"app": "jupyter"}}
+    selected = parse_label_selector(selector)
+    assert [name for name, labels in pods.items() if selected(labels)] == matching
+
+
+@pytest.mark.parametrize("selector", ["owner,", "=alice", "owner=alice=bob", "Bad_Prefix/owner", "owner in alice",
+                                      "!owner=alice", "owner=no spaces"])
+def test_invalid_label_selectors(selector):
+    with pytest.raises(SelectorError):
+        parse_label_selector(selector)
+
+
+def get_pods(api, namespace, authorization, selector=None):
+    return requests.get("%s/api/v1/namespaces/%s/pods" % (api.url, namespace),
+                        params={"labelSelector": selector} if selector is not None else None,
+                        headers={"Authorization": authorization} if authorization else {}, verify=api.ca_file)
+
+
+def test_standin_pod_list_is_sorted_by_name_and_shaped_as_the_api_sends_it(api):
+    reply = get_pods(api, ML_NAMESPACE, "Bearer " + READER)
+    assert reply.status_code == 200 and reply.headers["Content-Type"] == "application/json"
+    pod_list = reply.json()
+    assert (pod_list["kind"], pod_list["apiVersion"]) == ("PodList", "v1")
+    assert int(pod_list["metadata"]["resourceVersion"]) > 0
+    names = [pod["metadata"]["name"] for pod in pod_list["items"]]
+    assert names == sorted(name for namespace, name, _, _ in PODS if namespace == ML_NAMESPACE)
+    first = pod_list["items"][0]
+    assert "kind" not in first  # items of a list carry no kind of their own
+    assert {"name", "namespace", "uid", "resourceVersion", "creationTimestamp", "labels"} <= set(first["metadata"])
+    assert first["spec"]["containers"][0]["name"] and first["status"]["phase"] == "Running"
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+def test_standin_bearer_scheme_is_case_insensitive(api, scheme):
+    assert get_pods(api, ML_NAMESPACE, "%s %s" % (scheme, READER), "owner=zoe").json()["items"][0]["metadata"][
+        "labels"] == {"owner": "zoe"}
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong", "Basic " + READER])
+def test_standin_unauthenticated_is_a_401_status(api, authorization):
+    reply = get_pods(api, ML_NAMESPACE, authorization)
+    assert reply.status_code == 401
+    assert reply.json() == {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                            "message": "Unauthorized", "reason": "Unauthorized", "code": 401}
+
+
+def test_standin_unauthorized_is_a_403_status(api):
+    reply = get_pods(api, "kube-system", "Bearer " + READER)
+    assert reply.status_code == 403
+    assert reply.json() == {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                            "message": 'pods is forbidden: User "reader" cannot list resource "pods" in API group "" '
+                                       'in the namespace "kube-system"',
+                            "reason": "Forbidden", "details": {"kind": "pods"}, "code": 403}
+
+
+def test_standin_bad_selector_is_a_400_status(api):
+    reply = get_pods(api, ML_NAMESPACE, "Bearer " + READER, "owner,")
+    assert reply.status_code == 400 and reply.json()["reason"] == "BadRequest"
