@@ -362,6 +362,8 @@ def with_token(document, token):
 
 def write_debug_file(name, documents, token):
     """-d: append JSON Lines to NAME.json in the current directory, the token masked."""
+    if not documents:
+        return
     masked = "***" if token else ""
     with open(name + ".json", "a", encoding="utf-8") as handle:
         for document in documents:
@@ -508,6 +510,12 @@ class Run:
         self.log = logging.getLogger(name)
         self.state = StateDir(opts.state_dir, self.log)
         self.after_delivery = []
+        self.partly_failed = False
+
+    def source_failed(self, error):
+        """One of several sources failed: say so, keep the others' documents, and exit 1 in the end."""
+        self.log.error("%s", error)
+        self.partly_failed = True
 
     def command(self, argv):
         self.log.debug("running %s", " ".join(argv))
@@ -548,7 +556,7 @@ def collect_and_deliver(module, opts, users, delivery):
             return EXIT_FAILED
         for commit in run.after_delivery:
             commit()
-        return status
+        return EXIT_FAILED if run.partly_failed else status
 
 
 def deliver_with_spool(run, documents, collected_ms, delivery):

@@ -110,7 +110,11 @@ def collect(run):
     api, host = core_api(run.opts)
     documents = []
     for name, namespace, label in services_of(run.opts):
-        users = run.users.report_names(pod_users(list_pods(api, host, namespace, label, run.opts.timeout), label))
+        try:
+            users = run.users.report_names(pod_users(list_pods(api, host, namespace, label, run.opts.timeout), label))
+        except common.SourceError as error:
+            run.source_failed(error)
+            continue
         documents.append({"kind": "jupyter-" + name, "jupyter_user_count": len(users), "users": users})
     return documents
 

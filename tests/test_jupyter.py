@@ -166,6 +166,17 @@ def test_two_services_in_two_namespaces(api, run_jupyter, tmp_path):
     assert [r["query"]["labelSelector"] for r in api.requests] == [["owner"], [COFFEA_LABEL]]
 
 
+def test_one_refused_service_does_not_cost_the_others(api, run_jupyter, tmp_path):
+    api.allow("coffea-only", "coffea-reader", [COFFEA_NAMESPACE])
+    done = run_jupyter("--kubeconfig", api.write_kubeconfig(tmp_path / "kubeconfig", "coffea-only"), *BOTH_SERVICES)
+    assert done.returncode == 1
+    assert the_error(done) == ("ERROR:jupyter:Kubernetes API %s refused to list pods in af-jupyter: HTTP 403 "
+                               "Forbidden" % api.url)
+    assert debug_documents(tmp_path) == [
+        {"kind": "jupyter-coffea", "cluster": "UC-AF", "token": "", "jupyter_user_count": 2, "users": COFFEA_USERS},
+    ]
+
+
 def test_namespace_and_label_options_move_the_default_service(api, run_jupyter, tmp_path):
     done = run_jupyter("--kubeconfig", api.write_kubeconfig(tmp_path / "kubeconfig", READER),
                        "-n", COFFEA_NAMESPACE, "-l", COFFEA_LABEL)
