@@ -109,6 +109,30 @@ def bench_host_and_ssh(table, runs, workdir):
         endpoint.close()
 
 
+def bench_jupyter(table, runs, workdir, pods=2000):
+    from k8s_standin import KubernetesStandIn
+
+    ca = trustme.CA()
+    ca_file = str(workdir / "k8s-ca.pem")
+    ca.cert_pem.write_to_path(ca_file)
+    api = KubernetesStandIn(ca, ca_file)
+    endpoint = Endpoint(workdir)
+    try:
+        api.allow("bench-reader", "reader", ["af-jupyter"])
+        phases = ["Running", "Pending", "Succeeded", "Failed"]
+        for i in range(pods):
+            api.add_pod("af-jupyter", "jupyter-%05d" % i, {"owner": "user%04d" % (i % 1500)}, phases[i % 4])
+        kubeconfig = api.write_kubeconfig(workdir / "kubeconfig", "bench-reader")
+        argv = collector("jupyter.py") + ["--kubeconfig", str(kubeconfig), "--state-dir", str(workdir / "state")] \
+            + endpoint.args()
+        table.add("jupyter.py, %d pods from the Kubernetes API stand-in" % pods,
+                  *measure(argv, runs, collector_env()), target="<= 1.5 s",
+                  command="python3 collectors/jupyter.py --kubeconfig FILE")
+    finally:
+        endpoint.close()
+        api.close()
+
+
 def bench_delivery(table, runs, workdir, count=10000):
     sender = [sys.executable, str(BENCH / "send_documents.py")]
     for rtt in (0.0, 0.020):
@@ -145,7 +169,8 @@ def bench_group_filter(table, runs, workdir):
                   target="<= 0.5 s at 5,000, linear", command="python3 bench/group_filter.py")
 
 
-SECTIONS = {"host": bench_host_and_ssh, "delivery": bench_delivery, "groups": bench_group_filter}
+SECTIONS = {"host": bench_host_and_ssh, "jupyter": bench_jupyter, "delivery": bench_delivery,
+            "groups": bench_group_filter}
 
 
 def main():
