@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import json
 import logging
+import math
 import os
 import pwd
 import re
@@ -63,6 +64,14 @@ def _boolean(text):
     raise ValueError("expected true or false")
 
 
+def non_negative_number(text):
+    """A finite number >= 0: a NaN budget would switch the budget off, a negative one makes no sense."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("expected a finite number >= 0")
+    return value
+
+
 def _default_state_dir():
     if os.geteuid() == 0:
         return "/var/lib/afmetrics"
@@ -70,7 +79,8 @@ def _default_state_dir():
     return os.path.join(base, "afmetrics")
 
 
-PARSERS = {"str": str, "int": int, "float": float, "bool": _boolean, "words": _words, "lines": _lines}
+PARSERS = {"str": str, "int": int, "number": non_negative_number, "bool": _boolean, "words": _words,
+           "lines": _lines}
 
 COMMON_SETTINGS = [
     Setting("token", "str", ""),
@@ -78,10 +88,10 @@ COMMON_SETTINGS = [
     Setting("url", "str", "https://af.atlas-ml.org/"),
     Setting("ca_bundle", "str", ""),
     Setting("state_dir", "str", None),
-    Setting("timeout", "float", 60.0),
-    Setting("send_budget", "float", 120.0),
+    Setting("timeout", "number", 60.0),
+    Setting("send_budget", "number", 120.0),
     Setting("spool_max_documents", "int", 100000),
-    Setting("spool_max_age_hours", "float", 168.0),
+    Setting("spool_max_age_hours", "number", 168.0),
     Setting("batch_size", "int", 1),
     Setting("gzip", "bool", False),
     Setting("connections", "int", 10),
@@ -117,8 +127,9 @@ def add_common_arguments(parser):
     add("--state-dir", metavar="DIR",
         help="counters, watermark, locks and spool (default /var/lib/afmetrics as root)")
     add("--ca-bundle", metavar="PEM", help="CA bundle to verify the endpoint with")
-    add("--timeout", metavar="SECONDS", type=float, help="limit for one command or API call (default 60)")
-    add("--send-budget", metavar="SECONDS", type=float,
+    add("--timeout", metavar="SECONDS", type=non_negative_number,
+        help="limit for one command or API call (default 60)")
+    add("--send-budget", metavar="SECONDS", type=non_negative_number,
         help="time allowed for delivery before the rest is spooled (default 120)")
     add("--version", action="version", version="afmetrics " + __version__)
 
@@ -336,11 +347,14 @@ class StateDir:
         # A crash leaves either the old or the new file, never a torn one.
         target = self.file(name)
         temporary = "%s.%d.tmp" % (target, os.getpid())
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
+        try:
+            with open(temporary, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, target)
+        except OSError as error:
+            raise OSError(error.errno, error.strerror, target)
 
     def try_lock(self, name):
         """An open, flock-ed file kept for the run, or None when a previous run still holds it."""
@@ -379,7 +393,8 @@ class Spool:
         self.max_age_ms = opts.spool_max_age_hours * 3600 * 1000
 
     def load(self):
-        documents, corrupt = [], 0
+        cutoff = time.time() * 1000 - self.max_age_ms
+        documents, corrupt, expired = [], 0, 0
         try:
             with open(self.state.file(self.name), encoding="utf-8") as handle:
                 for line in handle:
@@ -387,16 +402,22 @@ class Spool:
                         document = json.loads(line)
                     except ValueError:
                         document = None
-                    if isinstance(document, dict) and isinstance(document.get("timestamp"), (int, float)):
-                        documents.append(document)
-                    else:
+                    if not (isinstance(document, dict) and isinstance(document.get("kind"), str)
+                            and isinstance(document.get("timestamp"), (int, float))):
                         corrupt += 1
+                    elif document["timestamp"] < cutoff:
+                        expired += 1
+                    else:
+                        documents.append(document)
         except FileNotFoundError:
             pass
         except OSError as error:
             self.log.warning("spool %s is unreadable (%s): starting afresh", self.state.file(self.name), error)
         if corrupt:
             self.log.warning("spool %s: %d corrupt line(s) dropped", self.state.file(self.name), corrupt)
+        if expired:
+            self.log.warning("spool %s: %d document(s) older than %g hours dropped", self.state.file(self.name),
+                             expired, self.max_age_ms / 3600000)
         return documents
 
     def save(self, documents):
@@ -410,16 +431,25 @@ class Spool:
 
 
 def network_failure(error):
-    """A short reason for a urllib3 failure: its type, with the OS's words where it gives some."""
+    """A short reason for a urllib3 failure: its type, with the OS's or the inner error's words."""
     cause = getattr(error, "reason", None) or error  # MaxRetryError wraps the last attempt's failure
     text = str(cause)
     os_words = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
-    detail = os_words.group(1).strip() if os_words else "timed out" if "timed out" in text else ""
+    inner = [arg for arg in getattr(cause, "args", ()) if isinstance(arg, BaseException)]
+    if os_words:
+        detail = os_words.group(1).strip()
+    elif "timed out" in text:
+        detail = "timed out"
+    else:  # e.g. ProtocolError('Connection aborted.', RemoteDisconnected('Remote end closed ...'))
+        detail = str(inner[0]) if inner else ""
     return "%s (%s)" % (type(cause).__name__, detail) if detail else type(cause).__name__
 
 
+Outcome = collections.namedtuple("Outcome", "undelivered refused retried")
+
+
 class Delivery:
-    """POSTs documents over one session of keep-alive connections, with retries inside a time budget."""
+    """POSTs documents over one pool of keep-alive connections, with retries inside a time budget."""
 
     RETRY_STATUSES = (429, 500, 502, 503, 504)
     RETRIES = 3
@@ -431,16 +461,26 @@ class Delivery:
         import urllib3
         from urllib3.util.retry import Retry
 
-        class CappedRetry(Retry):
-            # Honour Retry-After, but a reply asking for an hour must not stall the run past its budget.
+        deadline = time.monotonic() + opts.send_budget
+
+        class BudgetRetry(Retry):
+            # Backoff and Retry-After are honoured, but no wait may run past the run's time budget.
+            def _left(self):
+                return max(0.0, deadline - time.monotonic())
+
+            def get_backoff_time(self):
+                return min(super().get_backoff_time(), self._left())
+
             def get_retry_after(self, response):
                 after = super().get_retry_after(response)
-                return None if after is None else min(after, self.backoff_max)
+                return None if after is None else min(after, self.backoff_max, self._left())
 
-        self.urllib3, self.opts = urllib3, opts
-        self.deadline = time.monotonic() + opts.send_budget
+            def is_exhausted(self):
+                return super().is_exhausted() or self._left() <= 0
+
+        self.urllib3, self.opts, self.deadline = urllib3, opts, deadline
         self.endpoint_down = None
-        retry = CappedRetry(total=self.RETRIES, backoff_factor=0.5, backoff_jitter=0.5, backoff_max=10,
+        retry = BudgetRetry(total=self.RETRIES, backoff_factor=0.5, backoff_jitter=0.5, backoff_max=10,
                             status_forcelist=self.RETRY_STATUSES, allowed_methods=None,
                             respect_retry_after_header=True, raise_on_status=False)
         # TLS is always verified: against ca_bundle when given, else the system's CAs.
@@ -451,11 +491,12 @@ class Delivery:
             self.headers["Content-Encoding"] = "gzip"
 
     def _post(self, payload):
-        """True when delivered, False when the payload should be kept, else the HTTP status refusing it for good."""
+        """(outcome, failures retried past): outcome True when delivered, False when the payload should be
+        kept, else the HTTP status refusing it for good."""
         remaining = self.deadline - time.monotonic()
         if self.endpoint_down or remaining <= 0:
             self.endpoint_down = self.endpoint_down or "time budget of %g s used up" % self.opts.send_budget
-            return False
+            return False, []
         body = json.dumps(payload).encode("utf-8")
         if self.opts.gzip:
             body = gzip.compress(body)
@@ -470,17 +511,20 @@ class Delivery:
                 self.endpoint_down = "TLS verification of %s failed" % self.opts.url
             else:
                 self.endpoint_down = "cannot reach %s: %s" % (self.opts.url, network_failure(error))
-            return False
+            return False, []
+        retried = ["HTTP %d" % attempt.status if attempt.status else network_failure(attempt.error)
+                   for attempt in (reply.retries.history if reply.retries else ())]
         if reply.status < 300:
-            return True
+            return True, retried
         if reply.status in self.RETRY_STATUSES or reply.status in (401, 403):
             # Busy, broken or refusing our token: every other document would meet the same answer.
             self.endpoint_down = "%s answered HTTP %d" % (self.opts.url, reply.status)
-            return False
-        return reply.status
+            return False, []
+        return reply.status, retried
 
     def deliver(self, documents, token, logger):
-        """Send documents, oldest first; return those to keep. One refused for good is logged and dropped."""
+        """Send documents, oldest first, and return an Outcome: what to keep, how many were refused for good
+        (each logged and dropped), and the failures that retries got past."""
         size = max(1, self.opts.batch_size)
         chunks = [documents[start:start + size] for start in range(0, len(documents), size)]
 
@@ -489,16 +533,17 @@ class Delivery:
 
         # A few requests in flight hide the endpoint's round trip; more would only load the receiver.
         with ThreadPoolExecutor(max_workers=max(1, self.opts.connections)) as pool:
-            outcomes = list(pool.map(send, chunks))
-        undelivered, refused = [], 0
-        for chunk, outcome in zip(chunks, outcomes):
-            if outcome is False:
-                undelivered.extend(chunk)
-            elif outcome is not True:
-                refused += len(chunk)
+            results = list(pool.map(send, chunks))
+        outcome = Outcome([], 0, [])
+        for chunk, (delivered, retried) in zip(chunks, results):
+            outcome.retried.extend(retried)
+            if delivered is False:
+                outcome.undelivered.extend(chunk)
+            elif delivered is not True:
+                outcome = outcome._replace(refused=outcome.refused + len(chunk))
                 what = "a batch of %d documents" % len(chunk) if size > 1 else "a %s document" % chunk[0]["kind"]
-                logger.error("%s refused %s with HTTP %d: dropped", self.opts.url, what, outcome)
-        return undelivered, refused
+                logger.error("%s refused %s with HTTP %d: dropped", self.opts.url, what, delivered)
+        return outcome
 
 
 # --- the run ----------------------------------------------------------------------------------------
@@ -566,9 +611,13 @@ def deliver_with_spool(run, documents, collected_ms, delivery):
     if waiting:
         run.log.info("re-sending %d spooled document(s) first", len(waiting))
     # The spool as a phase of its own: all of it goes before this run's documents.
-    undelivered, refused = delivery.deliver(waiting, run.opts.token, run.log)
-    undelivered_now, refused_now = delivery.deliver(documents, run.opts.token, run.log)
-    undelivered, refused = undelivered + undelivered_now, refused + refused_now
+    spooled, fresh = delivery.deliver(waiting, run.opts.token, run.log), delivery.deliver(documents, run.opts.token,
+                                                                                          run.log)
+    undelivered, refused = spooled.undelivered + fresh.undelivered, spooled.refused + fresh.refused
+    retried = collections.Counter(spooled.retried + fresh.retried)
+    if retried:
+        run.log.warning("%s failed %s before accepting: retried", run.opts.url,
+                        ", ".join("%s x%d" % item for item in sorted(retried.items())))
     if undelivered or waiting:
         spool.save([dict(d, timestamp=d.get("timestamp", collected_ms)) for d in undelivered])
     if undelivered:

@@ -4,6 +4,7 @@ document per job in the queue, plus each finished or removed job from condor_his
 
 Example: python3 collectors/condor.py -d -v -q all: -q 'short:queue=="short"'
 """
+import math
 import sys
 import time
 
@@ -49,7 +50,12 @@ def parse_queue_spec(spec):
 
 
 def _number(token):
-    return None if token == "undefined" else float(token)
+    if token == "undefined":
+        return None
+    value = float(token)
+    if not math.isfinite(value):  # nan, inf, 1e400: no job has such an Id or run time
+        raise ValueError(token)
+    return value
 
 
 def parse_autoformat(text, attributes, log):
@@ -126,10 +132,18 @@ def new_history(ads, watermark):
     return fresh, {"time": newest, "ids": sorted(ids_at_newest)}
 
 
+def valid_watermark(stored):
+    return (isinstance(stored, dict) and type(stored.get("time")) in (int, float) and math.isfinite(stored["time"])
+            and isinstance(stored.get("ids"), list) and all(isinstance(job_id, str) for job_id in stored["ids"]))
+
+
 def load_watermark(run, now):
     stored = run.state.load(WATERMARK_STATE)
-    if isinstance(stored, dict) and isinstance(stored.get("time"), (int, float)) and isinstance(stored.get("ids"), list):
+    if valid_watermark(stored):
         return stored
+    if stored is not None:
+        run.log.warning("state file %s holds no watermark: looking back %d s afresh",
+                        run.state.file(WATERMARK_STATE), FIRST_LOOK_BACK)
     return {"time": int(now) - FIRST_LOOK_BACK, "ids": []}
 
 

@@ -5,6 +5,7 @@ previous run from /proc/diskstats).
 
 Example: python3 collectors/host.py -d -v --disk / --disk /home
 """
+import math
 import os
 import sys
 import time
@@ -38,9 +39,21 @@ def parse_diskstats(text):
     return counters
 
 
+def stored_counters(stored, name, log):
+    """{"time": t, name: ...} from a state file, or None (with a warning) when it holds something else."""
+    if stored is None:
+        return None
+    if isinstance(stored, dict) and type(stored.get("time")) in (int, float) and math.isfinite(stored["time"]) \
+            and name in stored:
+        return stored
+    log.warning("state file holding %s has an unexpected shape: storing a new baseline", name)
+    return None
+
+
 def counter_deltas(previous, current):
     """current - previous per counter, or None when there is no baseline or a counter went backwards."""
-    if not previous or len(previous) != len(current):
+    if not isinstance(previous, list) or len(previous) != len(current) \
+            or not all(type(counter) is int for counter in previous):
         return None
     deltas = [now - before for before, now in zip(previous, current)]
     return None if any(delta < 0 for delta in deltas) else deltas
@@ -59,9 +72,9 @@ def device_of(path, partitions):
 def network_document(run, node, now):
     counters = psutil.net_io_counters()
     current = [counters.bytes_sent, counters.bytes_recv]
-    previous = run.state.load(NETWORK_STATE)
+    previous = stored_counters(run.state.load(NETWORK_STATE), "counters", run.log)
     run.after_delivery.append(lambda: run.state.save(NETWORK_STATE, {"time": now, "counters": current}))
-    deltas = counter_deltas(previous and previous.get("counters"), current) if isinstance(previous, dict) else None
+    deltas = counter_deltas(previous["counters"], current) if previous else None
     if deltas is None:
         run.log.info("NETWORK: baseline stored, first figures on the next run")
         return []
@@ -77,8 +90,9 @@ def disk_documents(run, node, now):
     except OSError as error:
         run.log.warning("DISK: no I/O figures: %s", error)
         io_now = {}
-    io_before = run.state.load(DISKSTATS_STATE)
-    io_before = io_before if isinstance(io_before, dict) and "time" in io_before else {"time": now, "devices": {}}
+    io_before = stored_counters(run.state.load(DISKSTATS_STATE), "devices", run.log)
+    if not io_before or not isinstance(io_before["devices"], dict):
+        io_before = {"time": now, "devices": {}}
     run.after_delivery.append(lambda: run.state.save(DISKSTATS_STATE, {"time": now, "devices": io_now}))
     partitions = psutil.disk_partitions(all=True)
     documents = []

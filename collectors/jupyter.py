@@ -59,10 +59,12 @@ def pod_users(pod_list, label):
         raise common.SourceError("Kubernetes API answered something that is not a PodList")
     users = set()
     for pod in pod_list["items"]:
-        labels = (pod.get("metadata") or {}).get("labels") or {}
-        phase = (pod.get("status") or {}).get("phase")
-        if label in labels and phase not in FINISHED_PHASES:
-            users.add(labels[label])
+        metadata, status = (pod.get(key) if isinstance(pod, dict) else None for key in ("metadata", "status"))
+        labels = metadata.get("labels") if isinstance(metadata, dict) else None
+        user = labels.get(label) if isinstance(labels, dict) else None
+        finished = isinstance(status, dict) and status.get("phase") in FINISHED_PHASES
+        if isinstance(user, str) and not finished:
+            users.add(user)
     return users
 
 

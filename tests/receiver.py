@@ -1,14 +1,22 @@
 """A real HTTPS receiver on 127.0.0.1 with its own CA, standing in for the Logstash http input.
 
 It answers 200 and keeps every document (a top-level JSON array counts as one document per element, as
-Logstash's json codec does). Faults: `answers` is a queue of status codes (with optional Retry-After) given
-before it goes back to 200; `hang` holds every request until released or the client gives up.
+Logstash's json codec does). Faults, each until restore():
+- fail_next(*statuses): the next requests get these statuses (with optional Retry-After), then 200 again;
+- answer_always(status): every request gets this status;
+- hang: every request is held until released or the client gives up (`hanging` is set once one is held);
+- reset_mid_request(): the connection is reset after half the body was read: nothing kept;
+- lose_replies(count): the document is kept, then the connection is reset instead of the reply, so the
+  client cannot know it arrived (`lost` holds those documents: the only ones that may arrive twice);
+- refuse(): nothing listens on the port;
+- present(cert): the port serves a certificate of another CA.
 """
 import gzip
 import http.server
 import json
 import socket
 import ssl
+import struct
 import threading
 
 
@@ -18,23 +26,44 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def _reset(self):
+        # SO_LINGER 0 makes close() send a TCP RST: the client sees "connection reset", not a clean end.
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+        self.close_connection = True
+
     def do_POST(self):
         receiver = self.server.receiver
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        length = int(self.headers.get("Content-Length", 0))
+        if receiver.resetting:
+            self.rfile.read(length // 2)
+            self._reset()
+            return
+        body = self.rfile.read(length)
         if self.headers.get("Content-Encoding") == "gzip":
             body = gzip.decompress(body)
         with receiver.lock:
             receiver.requests.append({"path": self.path, "headers": dict(self.headers), "body": body,
                                       "connection": self.client_address})
-            answer = receiver.answers.pop(0) if receiver.answers else None
+            answer = receiver.answers.pop(0) if receiver.answers else receiver.always
+            lose_reply = receiver.replies_to_lose > 0
+            receiver.replies_to_lose -= lose_reply
         if receiver.hang.is_set():
-            receiver.released.wait(receiver.hang_seconds)
+            released = receiver.released
+            receiver.hanging.set()
+            released.wait(receiver.hang_seconds)
             return
         status, retry_after = answer if answer else (200, None)
         if status == 200:
             payload = json.loads(body)
+            documents = payload if isinstance(payload, list) else [payload]
             with receiver.lock:
-                receiver.documents.extend(payload if isinstance(payload, list) else [payload])
+                receiver.documents.extend(documents)
+                if lose_reply:
+                    receiver.lost.extend(documents)
+        if lose_reply:
+            self._reset()
+            return
         reply = b"ok" if status == 200 else b"fault"
         self.send_response(status)
         if retry_after is not None:
@@ -54,26 +83,74 @@ class _Server(http.server.ThreadingHTTPServer):
         self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().server_bind()
 
+    def handle_error(self, request, client_address):
+        # A client that gives up (a timeout, a bad certificate) or a connection reset on purpose is
+        # part of the faults under test, not a receiver failure worth a traceback on the test's stderr.
+        pass
+
 
 class Receiver:
     def __init__(self, server_cert, ca_file):
         self.lock = threading.Lock()
-        self.documents, self.requests, self.answers = [], [], []
-        self.hang, self.released, self.hang_seconds = threading.Event(), threading.Event(), 60
-        self.server = _Server(("127.0.0.1", 0), _Handler)
+        self.documents, self.requests, self.answers, self.lost = [], [], [], []
+        self.always, self.resetting, self.replies_to_lose = None, False, 0
+        self.hang, self.released, self.hanging, self.hang_seconds = (threading.Event(), threading.Event(),
+                                                                     threading.Event(), 60)
+        self.ca_file = ca_file
+        self.server_cert = server_cert
+        self.server = None
+        self._listen(server_cert, 0)
+        self.url = "https://127.0.0.1:%d/" % self.port
+
+    def _listen(self, server_cert, port):
+        self.server = _Server(("127.0.0.1", port), _Handler)
         self.server.receiver = self
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         server_cert.configure_cert(context)
         self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.ca_file = ca_file
-        self.url = "https://127.0.0.1:%d/" % self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.port = self.server.server_address[1]
+        # A short poll interval: stopping and restarting the server (refuse, present, restore) is quick.
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
+
+    def _stop_listening(self):
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
 
     def fail_next(self, *statuses, retry_after=None):
         """Answer the next requests with these statuses, then 200 again."""
         with self.lock:
             self.answers.extend((status, retry_after) for status in statuses)
+
+    def answer_always(self, status, retry_after=None):
+        with self.lock:
+            self.always = (status, retry_after)
+
+    def reset_mid_request(self):
+        self.resetting = True
+
+    def lose_replies(self, count):
+        with self.lock:
+            self.replies_to_lose = count
+
+    def refuse(self):
+        self._stop_listening()
+
+    def present(self, server_cert):
+        self._stop_listening()
+        self._listen(server_cert, self.port)
+
+    def restore(self):
+        """Back to a healthy endpoint on the same URL: every fault cleared, held requests released."""
+        with self.lock:
+            self.answers, self.always, self.resetting, self.replies_to_lose = [], None, False, 0
+        self.hang.clear()
+        self.released.set()
+        self.released = threading.Event()
+        self._stop_listening()
+        self._listen(self.server_cert, self.port)
 
     def kinds(self):
         return sorted(document["kind"] for document in self.documents)
@@ -83,5 +160,4 @@ class Receiver:
 
     def close(self):
         self.released.set()
-        self.server.shutdown()
-        self.server.server_close()
+        self._stop_listening()

@@ -2,6 +2,7 @@
 config-file secrets, keep-alive, retries, the spool, and the endpoint's faults."""
 import json
 import socket
+import time
 
 import pytest
 
@@ -143,9 +144,11 @@ def test_refused_document_is_dropped_and_logged_not_retried(run_collector, recei
 
 
 def test_corrupt_spool_lines_are_dropped_with_a_warning(run_collector, receiver, sessions, tmp_path):
-    (tmp_path / "spool-ssh.jsonl").write_text('{"kind": "ssh", "users": [], "timestamp": 5}\n{torn\n[1]\n')
+    collected = int(time.time() * 1000) - 60000
+    (tmp_path / "spool-ssh.jsonl").write_text('{"kind": "ssh", "users": [], "timestamp": %d}\n{torn\n[1]\n'
+                                              % collected)
     done = run_collector("ssh.py", "--utmp", sessions, "--state-dir", tmp_path, *endpoint(receiver),
                          env={"AFMETRICS_TOKEN": TOKEN, "AFMETRICS_CONNECTIONS": "1"}, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "WARNING:ssh:spool %s: 2 corrupt line(s) dropped" % (tmp_path / "spool-ssh.jsonl") in log_lines(done.stderr)
-    assert [d.get("timestamp") for d in receiver.documents] == [5, None]
+    assert [d.get("timestamp") for d in receiver.documents] == [collected, None]

@@ -66,7 +66,7 @@ def test_no_collector_chosen_is_a_usage_error(run_collector, tmp_path):
 
 def test_argparse_usage_error_exits_2(run_collector, tmp_path):
     done = run_collector("host.py", "--timeout", "soon", cwd=tmp_path)
-    assert done.returncode == 2 and "invalid float value: 'soon'" in done.stderr
+    assert done.returncode == 2 and "invalid non_negative_number value: 'soon'" in done.stderr
 
 
 def test_run_still_going_makes_the_next_one_skip(run_collector, tmp_path):

@@ -1,0 +1,287 @@
+"""Nothing lost: the collectors against a real local HTTPS receiver that misbehaves, then recovers.
+
+For each fault the collectors run (ssh.py's document from a utmp file written here, host.py's with --disk /),
+the receiver is restored and they run again; every document collected must then have arrived, compared by
+content, with duplicates only where the receiver kept a document but its reply was lost.
+"""
+import collections
+import json
+import re
+import subprocess
+import sys
+import time
+import types
+
+import pytest
+import trustme
+import urllib3
+
+import afmetrics_common as common
+import utmp
+from conftest import COLLECTORS, collector_environment, log_lines
+
+TOKEN = "tok-5e1d2a9c40"
+COLLECTED_SSH = {"kind": "ssh", "cluster": "UC-AF", "login_node": common.fully_qualified_hostname(),
+                 "ssh_user_count": 2, "users": ["alice", "bob"]}
+SPOOLS = ("spool-ssh.jsonl", "spool-host.jsonl")
+
+
+@pytest.fixture
+def sessions(tmp_path):
+    return utmp.write(tmp_path / "utmp", utmp.login("alice", "pts/0", 60, 11), utmp.login("bob", "pts/1", 30, 12))
+
+
+@pytest.fixture
+def state(tmp_path):
+    return tmp_path / "state"
+
+
+def umbrella_command(receiver, sessions, state, *more):
+    return ["afmetrics_collector", "-v", "-s", "--host", "-c", "UC-AF", "--disk", "/", "--utmp", sessions,
+            "--state-dir", state, "-u", receiver.url, "--ca-bundle", receiver.ca_file] + list(more)
+
+
+def run_umbrella(run_collector, receiver, sessions, state, *more, env=None):
+    return run_collector(*umbrella_command(receiver, sessions, state, *more),
+                         env=dict({"AFMETRICS_TOKEN": TOKEN}, **(env or {})), cwd=state.parent)
+
+
+def collected(done):
+    """How many documents the run collected, from its 'collected N document(s)' lines."""
+    lines = "\n".join(log_lines(done.stderr))
+    return sum(int(count) for count in re.findall(r"INFO:\w+:collected (\d+) document", lines))
+
+
+def problems(done):
+    return [line for line in log_lines(done.stderr) if not line.startswith("INFO:")]
+
+
+def spooled(state):
+    return [json.loads(line) for name in SPOOLS if (state / name).exists()
+            for line in (state / name).read_text().splitlines()]
+
+
+def without_timestamp(document):
+    return {key: value for key, value in document.items() if key != "timestamp"}
+
+
+def same_documents(first, second):
+    """The same documents, as many times each, in any order."""
+    def counted(documents):
+        return collections.Counter(json.dumps(document, sort_keys=True) for document in documents)
+    return counted(first) == counted(second)
+
+
+@pytest.fixture(scope="session")
+def foreign_certificate():
+    """A certificate for 127.0.0.1 from a CA the collectors were not told to trust."""
+    return trustme.CA(organization_name="someone else").issue_cert("127.0.0.1", "localhost")
+
+
+Fault = collections.namedtuple("Fault", "name arm reason")
+FAULTS = [
+    Fault("connection refused", lambda receiver, cert: receiver.refuse(),
+          "cannot reach {url}: NewConnectionError (Connection refused)"),
+    Fault("HTTP 500", lambda receiver, cert: receiver.answer_always(500), "{url} answered HTTP 500"),
+    Fault("HTTP 429 with Retry-After", lambda receiver, cert: receiver.answer_always(429, retry_after=1),
+          "{url} answered HTTP 429"),
+    Fault("HTTP 401 (token refused)", lambda receiver, cert: receiver.answer_always(401), "{url} answered HTTP 401"),
+    Fault("hang", lambda receiver, cert: receiver.hang.set(), "cannot reach {url}: ReadTimeoutError (timed out)"),
+    Fault("reset mid-request", lambda receiver, cert: receiver.reset_mid_request(),
+          "cannot reach {url}: ProtocolError (Remote end closed connection without response)"),
+    Fault("reply lost", lambda receiver, cert: receiver.lose_replies(1000),
+          "cannot reach {url}: ProtocolError (Remote end closed connection without response)"),
+    Fault("certificate of another CA", lambda receiver, cert: receiver.present(cert),
+          "TLS verification of {url} failed"),
+]
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[fault.name for fault in FAULTS])
+def test_fault_then_recovery_loses_nothing(fault, run_collector, receiver, foreign_certificate, sessions, state):
+    fault.arm(receiver, foreign_certificate)
+    # A small budget keeps the hang case short; the other faults end the run well before it.
+    first = run_umbrella(run_collector, receiver, sessions, state, "--send-budget", 3)
+    assert first.returncode == 1, first.stderr
+    reason = fault.reason.format(url=receiver.url)
+    kept = spooled(state)
+    # One line per collector says what happened; the ssh collector meets the fault, host.py's documents are
+    # then kept without trying an endpoint known to be down.
+    assert problems(first) == [
+        "ERROR:ssh:1 document(s) not delivered (%s): kept for the next run" % reason,
+        "ERROR:host:%d document(s) not delivered (%s): kept for the next run" % (len(kept) - 1, reason)]
+    assert len(kept) == collected(first)
+    assert [without_timestamp(d) for d in kept if d["kind"] == "ssh"] == [COLLECTED_SSH]
+    assert all(isinstance(d["timestamp"], int) and "token" not in d for d in kept)
+    assert same_documents(receiver.documents, receiver.lost)  # only what the receiver kept without replying
+
+    receiver.restore()
+    arrived_before = len(receiver.documents)
+    second = run_umbrella(run_collector, receiver, sessions, state)
+    assert second.returncode == 0, second.stderr
+    assert problems(second) == []
+    assert spooled(state) == []
+    replayed = [dict(d, token=TOKEN) for d in kept]
+    this_run = [d for d in receiver.documents[arrived_before:] if "timestamp" not in d]
+    assert len(this_run) == collected(second)
+    assert dict(COLLECTED_SSH, token=TOKEN) in this_run
+    assert sorted(d["kind"] for d in this_run) == ["CPU", "DISK", "MEM", "NETWORK", "ssh"]
+    # Every document collected arrived; a second copy only of a document whose reply was lost.
+    assert same_documents([without_timestamp(d) for d in receiver.documents],
+                          [without_timestamp(d) for d in replayed + this_run] + receiver.lost)
+    assert all(d in receiver.documents for d in replayed)  # with the time they were collected
+
+
+def test_lost_reply_is_retried_and_only_that_document_arrives_twice(run_collector, receiver, sessions, state):
+    receiver.lose_replies(1)
+    done = run_umbrella(run_collector, receiver, sessions, state, env={"AFMETRICS_CONNECTIONS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert receiver.lost == [dict(COLLECTED_SSH, token=TOKEN)]
+    assert same_documents(receiver.documents, receiver.documents[1:] + receiver.lost)
+    assert len(receiver.documents) == collected(done) + 1
+    assert spooled(state) == []
+
+
+def test_fault_absorbed_by_retries_is_still_logged_in_one_line(run_collector, receiver, sessions, state):
+    receiver.fail_next(503)
+    done = run_umbrella(run_collector, receiver, sessions, state, env={"AFMETRICS_CONNECTIONS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert len([line for line in problems(done) if receiver.url in line and "503" in line]) == 1
+
+
+def test_run_killed_mid_delivery_keeps_the_spool_and_the_next_run_delivers_it(run_collector, receiver, sessions,
+                                                                              state):
+    receiver.answer_always(401)
+    assert run_umbrella(run_collector, receiver, sessions, state).returncode == 1
+    kept = {name: (state / name).read_bytes() for name in SPOOLS}
+    assert all(kept.values())
+
+    receiver.restore()
+    receiver.hang.set()
+    command = [sys.executable, str(COLLECTORS / "afmetrics_collector")] + [
+        str(arg) for arg in umbrella_command(receiver, sessions, state)[1:]]
+    killed = subprocess.Popen(command, env=collector_environment({"AFMETRICS_TOKEN": TOKEN}), cwd=state.parent,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        assert receiver.hanging.wait(30), "the run never reached the receiver"
+    finally:
+        killed.kill()
+        killed.wait()
+    assert {name: (state / name).read_bytes() for name in SPOOLS} == kept  # the old spool intact
+
+    receiver.restore()
+    last = run_umbrella(run_collector, receiver, sessions, state)
+    assert last.returncode == 0, last.stderr
+    assert problems(last) == []  # the killed run's lock went with it
+    replayed = [dict(json.loads(line), token=TOKEN) for text in kept.values() for line in text.decode().splitlines()]
+    assert all(receiver.documents.count(d) == 1 for d in replayed)
+    assert dict(COLLECTED_SSH, token=TOKEN) in receiver.documents  # collected again: the kill lost nothing lasting
+    assert spooled(state) == []
+
+
+def test_batches_and_gzip_are_spooled_and_replayed_like_single_documents(run_collector, receiver, sessions, state):
+    env = {"AFMETRICS_BATCH_SIZE": "2", "AFMETRICS_GZIP": "true"}
+    receiver.answer_always(401)
+    first = run_umbrella(run_collector, receiver, sessions, state, env=env)
+    assert first.returncode == 1
+    kept = spooled(state)
+    assert len(kept) == collected(first)
+
+    receiver.restore()
+    second = run_umbrella(run_collector, receiver, sessions, state, env=env)
+    assert second.returncode == 0, second.stderr
+    delivered = receiver.requests[1:]  # after the one refused request of the first run
+    assert all(request["headers"].get("Content-Encoding") == "gzip" for request in delivered)
+    batches = [json.loads(request["body"]) for request in delivered]
+    assert all(isinstance(batch, list) and 1 <= len(batch) <= 2 for batch in batches)
+    assert sum(map(len, batches)) == len(receiver.documents)
+    assert len(receiver.documents) == len(kept) + collected(second)
+    assert all(dict(d, token=TOKEN) in receiver.documents for d in kept)
+
+
+@pytest.mark.parametrize("setting, value, seeded_age_hours, dropped, warning", [
+    # 4 seeded + 1 new: the 2 oldest go
+    ("AFMETRICS_SPOOL_MAX_DOCUMENTS", "3", 1, 2, "spool full or too old: 2 undelivered document(s) dropped"),
+    # every seeded document is too old: dropped as it is read, never sent
+    ("AFMETRICS_SPOOL_MAX_AGE_HOURS", "24", 25, 4, "spool {spool}: 4 document(s) older than 24 hours dropped"),
+])
+def test_spool_is_bounded_and_counts_what_it_drops(setting, value, seeded_age_hours, dropped, warning, run_collector,
+                                                   receiver, sessions, state):
+    state.mkdir()
+    collected_ms = int((time.time() - seeded_age_hours * 3600) * 1000)
+    seeded = [dict(COLLECTED_SSH, users=["u%d" % n], timestamp=collected_ms + n) for n in range(4)]
+    (state / "spool-ssh.jsonl").write_text("".join(json.dumps(d) + "\n" for d in seeded))
+    receiver.answer_always(401)
+    done = run_collector("ssh.py", "-c", "UC-AF", "--utmp", sessions, "--state-dir", state, "-u", receiver.url,
+                         "--ca-bundle", receiver.ca_file, env={"AFMETRICS_TOKEN": TOKEN, setting: value},
+                         cwd=state.parent)
+    assert done.returncode == 1
+    assert "WARNING:ssh:" + warning.format(spool=state / "spool-ssh.jsonl") in log_lines(done.stderr)
+    kept = spooled(state)
+    assert kept[:-1] == seeded[dropped:]  # the newest kept, oldest first
+    assert without_timestamp(kept[-1]) == COLLECTED_SSH
+
+
+class _SleepRecorder:
+    """Stands in for the time module in urllib3's Retry: records each sleep instead of sleeping."""
+
+    def __init__(self):
+        self.sleeps = []
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+@pytest.fixture
+def sleeps(monkeypatch):
+    recorder = _SleepRecorder()
+    monkeypatch.setattr(urllib3.util.retry, "time", recorder)
+    # The budget's clock moves by what was slept, as it would have had the sleeps been real.
+    monkeypatch.setattr(common, "time", types.SimpleNamespace(
+        time=time.time, monotonic=lambda: time.monotonic() + sum(recorder.sleeps)))
+    return recorder.sleeps
+
+
+def delivery_to(receiver, send_budget=120.0):
+    return common.Delivery(types.SimpleNamespace(url=receiver.url, ca_bundle=receiver.ca_file, send_budget=send_budget,
+                                                 connections=1, batch_size=1, gzip=False))
+
+
+def deliver(delivery, documents):
+    return delivery.deliver(documents, TOKEN, common.log)
+
+
+def test_retry_after_is_honoured(receiver, sleeps):
+    receiver.fail_next(429, retry_after=2)
+    assert deliver(delivery_to(receiver), [COLLECTED_SSH]) == ([], 0, ["HTTP 429"])
+    assert sleeps == [2]
+    assert len(receiver.requests) == 2
+
+
+def test_backoff_is_exponential_with_jitter(receiver, sleeps):
+    receiver.fail_next(500, 502, 504)
+    assert deliver(delivery_to(receiver), [COLLECTED_SSH]) == ([], 0, ["HTTP 500", "HTTP 502", "HTTP 504"])
+    # urllib3 retries the first failure at once, then waits 0.5 * 2^n s plus up to 0.5 s of jitter.
+    assert len(sleeps) == 2 and 1 <= sleeps[0] <= 1.5 and 2 <= sleeps[1] <= 2.5
+    assert len(receiver.requests) == 4
+
+
+def test_waits_between_retries_fit_in_the_send_budget(receiver, sleeps):
+    receiver.answer_always(429, retry_after=3600)
+    undelivered, refused, retried = deliver(delivery_to(receiver, send_budget=3), [COLLECTED_SSH])
+    assert undelivered == [COLLECTED_SSH]
+    assert sum(sleeps) <= 3
+
+
+def test_spool_line_without_kind_refused_by_the_endpoint_is_a_log_line(run_collector, receiver, sessions, state):
+    state.mkdir()
+    (state / "spool-ssh.jsonl").write_text('{"users": [], "timestamp": %d}\n' % (time.time() * 1000))
+    receiver.fail_next(400)
+    done = run_collector("ssh.py", "--utmp", sessions, "--state-dir", state, "-u", receiver.url,
+                         "--ca-bundle", receiver.ca_file, env={"AFMETRICS_TOKEN": TOKEN}, cwd=state.parent)
+    assert done.returncode == 1
+    # Every stderr line a log line (log_lines checks the format): no traceback.
+    assert problems(done) == ["WARNING:ssh:spool %s: 1 corrupt line(s) dropped" % (state / "spool-ssh.jsonl"),
+                              "ERROR:ssh:%s refused a ssh document with HTTP 400: dropped" % receiver.url]
