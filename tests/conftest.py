@@ -70,4 +70,4 @@ def run_collector():
     return run
 
 
-pytest_plugins = ["k8s_standin"]
+pytest_plugins = ["k8s_standin", "condor_pool"]

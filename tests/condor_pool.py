@@ -1,0 +1,191 @@
+"""A real personal HTCondor pool (scripts/condor-pool) for tests of condor.py against real daemons.
+
+The session fixture `condor_pool` builds the chroot (cached) and starts a fresh pool once per suite in
+$AFMETRICS_CONDOR_SUITES (default "trixie sid": HTCondor 23.x and 25.x) and stops it at the end.
+It yields a CondorPool: submit jobs as alice or bob, read the truth with the pool's own tools, and break the
+pool (freeze or stop the schedd, stop every daemon) and mend it again. `pool.bin` holds condor_q and
+condor_history wrappers: put it first on PATH and the collector queries this pool.
+
+A pytest plugin (pytest_plugins in tests/conftest.py) that registers the `condor` marker. When the pool cannot
+start, the tests are skipped with the reason, except in CI (CI=true), where that is an error.
+"""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import time
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "condor-pool"
+RUN_DIR = pathlib.Path(os.environ.get("AFMETRICS_CONDOR_RUN", "/run/afmetrics-condor"))
+SUITES = os.environ.get("AFMETRICS_CONDOR_SUITES", "trixie sid").split()
+# A job script inside the chroot that ends once its gate file exists: the tests decide when a job completes.
+GATE = "/usr/local/bin/afmetrics-gated-job"
+USERS = ("alice", "bob")
+
+
+class CondorPool:
+    def __init__(self, suite):
+        self.suite = suite
+        self.dir = RUN_DIR / suite
+        self.root = self.dir / "root"
+        self.bin = self.dir / "bin"
+
+    def run(self, *argv, user=None, timeout=60, check=True):
+        """A command inside the chroot, as root or as one of the pool's users."""
+        command = ["chroot", str(self.root)]
+        command += ["su", user, "-c", " ".join(_quote(arg) for arg in argv)] if user else list(argv)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        if check and done.returncode != 0:
+            raise AssertionError("%s failed (rc %d): %s" % (" ".join(argv), done.returncode, done.stderr.strip()))
+        return done
+
+    def environment(self):
+        """Environment in which condor_q and condor_history are this pool's."""
+        return {"PATH": "%s:%s" % (self.bin, os.environ["PATH"])}
+
+    def prepare_gate(self):
+        script = self.root / GATE.lstrip("/")
+        script.write_text('#!/bin/sh\n# Ends once the gate file named by $1 exists.\n'
+                          'until [ -e "$1" ]; do sleep 0.5; done\n')
+        script.chmod(0o755)
+
+    def open_gate(self, name):
+        (self.root / "tmp" / name).touch()
+
+    def submit(self, user, name, description, count=1):
+        """condor_submit DESCRIPTION (a dict) as USER, COUNT jobs; the job Ids ("cluster.proc") it created."""
+        lines = ["%s = %s" % item for item in description.items()] + ["queue %d" % count]
+        home = self.root / "home" / user
+        (home / (name + ".sub")).write_text("\n".join(lines) + "\n")
+        done = self.run("sh", "-c", "cd ~ && condor_submit -terse %s.sub" % name, user=user)
+        first, _, last = done.stdout.strip().partition(" - ")
+        cluster, first_proc = first.split(".")
+        last_proc = last.split(".")[1] if last else first_proc
+        return ["%s.%d" % (cluster, proc) for proc in range(int(first_proc), int(last_proc) + 1)]
+
+    def jobs(self, *options):
+        """Every job in the queue (condor_q -all -json OPTIONS) by Id."""
+        done = self.run("condor_q", "-all", "-json", *options)
+        # condor_q prints nothing at all when no job matches.
+        return {"%d.%d" % (ad["ClusterId"], ad["ProcId"]): ad for ad in json.loads(done.stdout or "[]")}
+
+    def totals(self, constraint=""):
+        options = ["-constraint", constraint] if constraint else []
+        [summary] = json.loads(self.run("condor_q", "-all", "-totals", "-json", *options).stdout)
+        return summary
+
+    def history(self):
+        done = self.run("condor_history", "-json")
+        return {"%d.%d" % (ad["ClusterId"], ad["ProcId"]): ad for ad in json.loads(done.stdout)}
+
+    def wait_for(self, what, predicate, timeout=90):
+        """Poll the queue until PREDICATE(jobs by Id) holds; fail with the queue's states if it never does."""
+        deadline = time.monotonic() + timeout
+        while True:
+            jobs = self.jobs()
+            if predicate(jobs):
+                return jobs
+            if time.monotonic() > deadline:
+                states = {job_id: ad.get("JobStatus") for job_id, ad in jobs.items()}
+                raise AssertionError("waited %d s for %s; JobStatus by job: %s" % (timeout, what, states))
+            time.sleep(0.5)
+
+    def wait_in_history(self, job_ids, timeout=90):
+        deadline = time.monotonic() + timeout
+        while not set(job_ids) <= set(self.history()):
+            if time.monotonic() > deadline:
+                raise AssertionError("waited %d s for %s in condor_history" % (timeout, sorted(job_ids)))
+            time.sleep(0.5)
+
+    def daemon_pids(self, name):
+        """Pids of the pool's NAME daemon (condor_schedd, ...): processes rooted in this chroot only."""
+        pids = []
+        for entry in pathlib.Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if os.readlink(entry / "root") == str(self.root) and (entry / "comm").read_text().strip() == name:
+                    pids.append(int(entry.name))
+            except OSError:  # the process ended while we looked
+                continue
+        return pids
+
+    def signal_schedd(self, signum):
+        pids = self.daemon_pids("condor_schedd")
+        assert pids, "no condor_schedd running in %s" % self.root
+        for pid in pids:
+            os.kill(pid, signum)
+
+    def freeze_schedd(self):
+        self.signal_schedd(signal.SIGSTOP)
+
+    def thaw_schedd(self):
+        self.signal_schedd(signal.SIGCONT)
+
+    def schedd_off(self):
+        self.run("condor_off", "-schedd")
+        self._wait_until("the schedd is gone", lambda: not self.daemon_pids("condor_schedd"))
+
+    def schedd_on(self):
+        self.run("condor_on", "-schedd")
+        self._wait_until("the schedd answers", self.schedd_answers)
+
+    def pool_off(self):
+        # -fast: a graceful stop was seen to hang for 90 s.
+        self.run("condor_off", "-fast", "-master")
+        self._wait_until("every daemon is gone", lambda: not self.daemon_pids("condor_master")
+                         and not self.daemon_pids("condor_schedd") and not self.daemon_pids("condor_collector"))
+
+    def pool_on(self):
+        self.run("/usr/sbin/condor_master")
+        self._wait_until("the schedd answers", self.schedd_answers)
+
+    def schedd_answers(self):
+        return self.run("condor_q", "-totals", check=False, timeout=30).returncode == 0
+
+    @staticmethod
+    def _wait_until(what, condition, timeout=60):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError("waited %d s until %s" % (timeout, what))
+            time.sleep(0.3)
+
+
+def _quote(arg):
+    return "'%s'" % arg.replace("'", "'\\''")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "condor: needs a real personal HTCondor pool (scripts/condor-pool; root)")
+
+
+def _pool_script(*args):
+    done = subprocess.run([str(SCRIPT)] + list(args), capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          timeout=600)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or ["rc %d" % done.returncode]
+        raise RuntimeError(lines[-1])
+
+
+@pytest.fixture(scope="session", params=SUITES)
+def condor_pool(request):
+    suite = request.param
+    try:
+        if os.geteuid() != 0:
+            raise RuntimeError("needs root (chroot, mount)")
+        _pool_script("build", suite)
+        _pool_script("start", suite)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
+        reason = "no real HTCondor pool (%s): %s" % (suite, error)
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    pool = CondorPool(suite)
+    pool.prepare_gate()
+    yield pool
+    _pool_script("stop", suite)

@@ -1,0 +1,245 @@
+"""condor.py against a real personal HTCondor pool (tests/condor_pool.py): its documents must equal what the
+pool itself says, and a broken pool must end the run within its timeout with one error line.
+
+One job mix is submitted per pool and shared by every test, in file order; the fault tests come last because
+they stop the schedd and the whole pool.
+"""
+import time
+
+import pytest
+
+from conftest import log_lines
+
+pytestmark = pytest.mark.condor
+
+TOKEN, CLUSTER = "pool-token", "POOL-AF"
+SHORT = 'queue=="short"'
+QUEUES = ["-q", "all:", "-q", "short:" + SHORT]
+# The state names SPEC.md gives for the JobStatus values this mix produces.
+STATES = {1: "idle", 2: "running", 3: "removed", 4: "finished", 5: "held", 7: "suspended"}
+SLEEP = {"executable": "/bin/sleep", "arguments": "3600"}
+IN_SHORT = {"+queue": '"short"'}
+FAULT_TIMEOUT = 5  # --timeout of the fault runs, seconds
+PYTHON_START_SLACK = 10  # seconds a run may take beyond its timeout: interpreter start, host collector
+
+
+class JobMix:
+    """The jobs submitted once per pool, by role; every role is one job Id except gated (three)."""
+
+    def __init__(self, pool):
+        self.pool = pool
+        submit = pool.submit
+        self.long = submit("alice", "long", dict(SLEEP, request_cpus=2, request_memory=256, **IN_SHORT))
+        self.evicted = submit("alice", "evicted", SLEEP)
+        self.suspended = submit("alice", "suspended", dict(SLEEP, **IN_SHORT))
+        self.held = submit("alice", "held", dict(SLEEP, hold="true", **IN_SHORT))
+        self.idle = submit("alice", "idle", dict(SLEEP, request_cpus=64, **IN_SHORT))  # no slot is that big
+        self.completed = submit("alice", "completed", {"executable": "/bin/true"})
+        self.bob_running = submit("bob", "running", dict(SLEEP, **IN_SHORT))
+        self.local = submit("bob", "local", dict(SLEEP, universe="local"))
+        self.removed = submit("bob", "removed", SLEEP)
+        self.gated = submit("bob", "gated", {"executable": "/usr/local/bin/afmetrics-gated-job",
+                                             "arguments": "/tmp/gate-$(Process)"}, count=3)
+        self.settle()
+
+    def settle(self):
+        pool = self.pool
+        started = self.long + self.evicted + self.suspended + self.bob_running + self.local + self.removed \
+            + self.gated
+        pool.wait_for("the jobs to start", lambda jobs: all(jobs[job]["JobStatus"] == 2 for job in started))
+        # An eviction after a few seconds of running, so that the job has an earlier run to count (vacated
+        # within its first second, a job keeps RemoteWallClockTime 0 although NumJobStarts is 2).
+        pool.wait_for("a 4 s first run", lambda jobs: run_age(jobs[self.evicted[0]]) >= 4)
+        pool.run("condor_vacate_job", self.evicted[0], user="alice")
+        pool.run("condor_suspend", self.suspended[0], user="alice")
+        pool.run("condor_rm", self.removed[0], user="bob")
+        pool.wait_in_history(self.completed + self.removed)
+        pool.wait_for("the mix to settle", lambda jobs: (
+            jobs[self.evicted[0]].get("NumJobStarts", 0) >= 2 and jobs[self.evicted[0]]["JobStatus"] == 2
+            and jobs[self.suspended[0]]["JobStatus"] == 7 and jobs[self.held[0]]["JobStatus"] == 5
+            and jobs[self.idle[0]]["JobStatus"] == 1))
+
+
+def run_age(ad):
+    """Seconds of the job's current run by the schedd's clock."""
+    return ad["ServerTime"] - ad["JobCurrentStartDate"]
+
+
+def true_runtime(ad):
+    """Wall time of a queued job: the runs that ended (HTCondor adds each to RemoteWallClockTime when it
+    ends) plus the current run while the job holds a slot (running or suspended)."""
+    earlier = int(ad.get("RemoteWallClockTime", 0))
+    return earlier + (run_age(ad) if ad["JobStatus"] in (2, 7) else 0)
+
+
+@pytest.fixture(scope="module")
+def job_mix(condor_pool):
+    return JobMix(condor_pool)
+
+
+@pytest.fixture
+def collect(condor_pool, receiver, run_collector, tmp_path):
+    """Run condor.py (or the umbrella) against the pool and deliver to the receiver: (CompletedProcess,
+    documents this run delivered, seconds it took)."""
+    def run(*args, script="condor.py", state=None):
+        before = len(receiver.documents)
+        started = time.monotonic()
+        done = run_collector(script, "-t", TOKEN, "-c", CLUSTER, "-u", receiver.url, "--ca-bundle",
+                             receiver.ca_file, "--state-dir", state or tmp_path / "state", *args,
+                             env=condor_pool.environment(), cwd=tmp_path)
+        return done, receiver.documents[before:], time.monotonic() - started
+    return run
+
+
+def of_kind(documents, kind):
+    return [document for document in documents if document["kind"] == kind]
+
+
+def jobs_by_id(documents):
+    jobs = of_kind(documents, "condorjob")
+    ids = [job["Id"] for job in jobs]
+    assert len(ids) == len(set(ids)), "a job reported twice in one run: %s" % sorted(ids)
+    return {job["Id"]: job for job in jobs}
+
+
+def allocated(pool, constraint=""):
+    """Cores and MiB held by jobs in slots: what condor_q -run itself lists (running and suspended jobs)."""
+    options = ["-run", "-af", "CpusProvisioned", "MemoryProvisioned"] + (["-constraint", constraint]
+                                                                         if constraint else [])
+    slots = pool.jobs(*options).values()
+    return sum(ad.get("CpusProvisioned", 0) for ad in slots), sum(ad.get("MemoryProvisioned", 0) for ad in slots)
+
+
+def test_documents_equal_the_pool(condor_pool, job_mix, collect):
+    before = condor_pool.jobs()
+    done, documents, _ = collect(*QUEUES)
+    after = condor_pool.jobs()
+    history = condor_pool.history()
+    assert done.returncode == 0, done.stderr
+    assert all(doc["token"] == TOKEN and doc["cluster"] == CLUSTER for doc in documents)
+    assert set(before) == set(after), "the queue changed during the run"
+
+    queues = {doc["queue"]: doc for doc in of_kind(documents, "condorqueue")}
+    assert sorted(queues) == ["all", "short"]
+    for name, constraint in [("all", ""), ("short", SHORT)]:
+        totals = condor_pool.totals(constraint)
+        cores, memory = allocated(condor_pool, constraint)
+        reported = {field: queues[name][field] for field in ("idle", "running", "held", "allocated_cores",
+                                                              "allocated_mem")}
+        assert reported == {"idle": totals["Idle"], "running": totals["Running"], "held": totals["Held"],
+                            "allocated_cores": cores, "allocated_mem": memory}, name
+    # The mix is only a test of the constraint if the queues differ.
+    assert queues["all"]["running"] > queues["short"]["running"] > 0
+    assert queues["short"]["idle"] == queues["short"]["held"] == 1
+
+    jobs = jobs_by_id(documents)
+    assert set(history) == set(job_mix.completed + job_mix.removed)  # all within the first run's 360 s
+    assert set(jobs) == set(before) | set(history)
+    for job_id, ad in before.items():
+        assert jobs[job_id]["users"] == ad["Owner"]
+        assert jobs[job_id]["state"] == STATES[ad["JobStatus"]], job_id
+        assert true_runtime(ad) <= jobs[job_id]["Runtime"] <= true_runtime(after[job_id]), job_id
+    assert {jobs[job_id]["state"] for job_id in before} == {"idle", "running", "held", "suspended"}
+    assert jobs[job_mix.local[0]]["state"] == "running"
+    evicted = after[job_mix.evicted[0]]
+    assert evicted["RemoteWallClockTime"] >= 3, "the evicted run was not counted by HTCondor"
+    assert jobs[job_mix.evicted[0]]["Runtime"] >= evicted["RemoteWallClockTime"] + run_age(before[job_mix.evicted[0]])
+    for job_id, ad in history.items():
+        assert (jobs[job_id]["users"], jobs[job_id]["state"], jobs[job_id]["Runtime"]) == (
+            ad["Owner"], STATES[ad["JobStatus"]], int(ad["RemoteWallClockTime"])), job_id
+    assert {jobs[job_id]["state"] for job_id in history} == {"finished", "removed"}
+
+
+def test_excluded_owner_is_absent(condor_pool, job_mix, collect):
+    done, documents, _ = collect(*QUEUES, "--exclude-owner", "bob")
+    assert done.returncode == 0, done.stderr
+    jobs = jobs_by_id(documents)
+    alice_jobs = {job_id for job_id, ad in condor_pool.jobs().items() if ad["Owner"] == "alice"}
+    alice_jobs |= set(job_mix.completed)
+    assert set(jobs) == alice_jobs
+    assert {job["users"] for job in jobs.values()} == {"alice"}
+
+
+def test_finished_jobs_are_reported_once_across_runs(condor_pool, job_mix, collect, tmp_path):
+    """Three runs sharing a state dir, with jobs completing and removed between them; the long job's Runtime
+    grows with wall time past a minute."""
+    runs = []
+
+    def run():
+        done, documents, _ = collect(*QUEUES, state=tmp_path / "shared-state")
+        assert done.returncode == 0, done.stderr
+        runs.append((time.monotonic(), jobs_by_id(documents)))
+        return runs[-1][1]
+
+    def finished(jobs):
+        return {job_id: job["state"] for job_id, job in jobs.items() if job["state"] in ("finished", "removed")}
+
+    first = run()
+    assert finished(first) == {job_mix.completed[0]: "finished", job_mix.removed[0]: "removed"}
+
+    condor_pool.open_gate("gate-0")
+    condor_pool.wait_in_history(job_mix.gated[:1])
+    second = run()
+    assert finished(second) == {job_mix.gated[0]: "finished"}
+
+    # The long job passes a minute of wall time before the third run.
+    long_job = job_mix.long[0]
+    condor_pool.wait_for("a minute of running", lambda jobs: run_age(jobs[long_job]) >= 62, timeout=120)
+    condor_pool.open_gate("gate-1")
+    condor_pool.run("condor_rm", job_mix.gated[2], user="bob")
+    condor_pool.wait_in_history(job_mix.gated[1:])
+    third = run()
+    assert finished(third) == {job_mix.gated[1]: "finished", job_mix.gated[2]: "removed"}
+
+    reported = [job_id for _, jobs in runs for job_id in finished(jobs)]
+    assert sorted(reported) == sorted(condor_pool.history()), "every finished job exactly once"
+    for queued in (set(condor_pool.jobs()) - set(job_mix.gated)):
+        assert all(queued in jobs for _, jobs in runs), "queued jobs are reported every run"
+
+    (start, first), (_, _), (end, third) = runs
+    assert third[long_job]["Runtime"] > 60
+    grown = third[long_job]["Runtime"] - first[long_job]["Runtime"]
+    assert abs(grown - (end - start)) <= 2, "Runtime grew %d s in %.1f s of wall time" % (grown, end - start)
+
+
+def assert_fails_within_timeout(collect):
+    """condor.py and the umbrella with --host: exit 1 within the timeout, one error line naming condor_q,
+    nothing of condor delivered, and the host documents delivered all the same."""
+    done, documents, took = collect(*QUEUES, "--timeout", FAULT_TIMEOUT)
+    assert done.returncode == 1, done.stderr
+    assert took < FAULT_TIMEOUT + PYTHON_START_SLACK
+    errors = [line for line in log_lines(done.stderr) if line.startswith(("ERROR", "CRITICAL"))]
+    assert len(errors) == 1 and "condor_q" in errors[0], done.stderr
+    assert documents == []
+
+    done, documents, took = collect("-b", "--host", "--disk", "/", *QUEUES, "--timeout", FAULT_TIMEOUT,
+                                    script="afmetrics_collector")
+    assert done.returncode == 1, done.stderr
+    assert took < FAULT_TIMEOUT + PYTHON_START_SLACK
+    assert {"CPU", "MEM", "DISK"} <= {doc["kind"] for doc in documents}
+    assert not [doc for doc in documents if doc["kind"].startswith("condor")]
+
+
+def test_frozen_schedd(condor_pool, job_mix, collect):
+    condor_pool.freeze_schedd()
+    try:
+        assert_fails_within_timeout(collect)
+    finally:
+        condor_pool.thaw_schedd()
+    assert condor_pool.schedd_answers()
+
+
+def test_stopped_schedd(condor_pool, job_mix, collect):
+    condor_pool.schedd_off()
+    try:
+        assert_fails_within_timeout(collect)
+    finally:
+        condor_pool.schedd_on()
+
+
+def test_stopped_pool(condor_pool, job_mix, collect):
+    condor_pool.pool_off()
+    try:
+        assert_fails_within_timeout(collect)
+    finally:
+        condor_pool.pool_on()
