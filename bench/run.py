@@ -30,16 +30,31 @@ class Table:
     def __init__(self):
         self.rows = []
 
-    def add(self, what, wall=None, cpu=None, rss_mb=None, target="", command=""):
+    def add(self, what, wall=None, cpu=None, rss_mb=None, target="", command="", own_rss_mb=None):
         cells = ["%.3f s" % wall if wall is not None else "", "%.3f s" % cpu if cpu is not None else "",
-                 "%.1f MB" % rss_mb if rss_mb is not None else ""]
+                 ("%.1f MB" % rss_mb if rss_mb is not None else "")
+                 + (" (own %.1f MB)" % own_rss_mb if own_rss_mb is not None else "")]
         self.rows.append([what] + cells + [target, "`%s`" % command if command else ""])
         print("  %-58s %10s %10s %9s  %s" % tuple([what] + cells + [target]), flush=True)
 
     def markdown(self):
-        head = ["what", "wall (median)", "CPU (median)", "peak RSS", "target", "reproduce"]
+        head = ["what", "wall (median)", "CPU (median)", "peak RSS (with children; own)", "target", "reproduce"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in self.rows]) + "\n"
+
+
+def measure_collector(script, args, runs, env):
+    """measure() of a collector, plus the median of its own peak RSS, without the commands it runs."""
+    owns = []
+    with tempfile.NamedTemporaryFile("r") as report:
+        def run_once():
+            result = measure([sys.executable, str(BENCH / "own_rss.py"), report.name,
+                              str(REPO / "collectors" / script)] + list(args), 1, env)
+            owns.append(int(open(report.name).read()) / 1024)
+            return result
+        results = [run_once() for _ in range(runs)]
+    wall, cpu, rss = (statistics.median(figures) for figures in zip(*results))
+    return {"wall": wall, "cpu": cpu, "rss_mb": rss, "own_rss_mb": statistics.median(owns)}
 
 
 def measure(argv, runs, env=None, cwd=None):
@@ -69,10 +84,6 @@ def collector_env(extra=None):
     return env
 
 
-def collector(script):
-    return [sys.executable, str(REPO / "collectors" / script)]
-
-
 class Endpoint:
     """A local HTTPS receiver, optionally behind a proxy adding a round-trip time."""
 
@@ -97,16 +108,56 @@ def bench_host_and_ssh(table, runs, workdir):
     endpoint = Endpoint(workdir)
     try:
         state = workdir / "state"
-        argv = collector("host.py") + ["--disk", "/", "--state-dir", str(state)] + endpoint.args()
-        table.add("host.py as cron runs it (CPU, MEM, NETWORK, DISK /)", *measure(argv, runs, collector_env()),
+        args = ["--disk", "/", "--state-dir", str(state)] + endpoint.args()
+        table.add("host.py as cron runs it (CPU, MEM, NETWORK, DISK /)",
+                  **measure_collector("host.py", args, runs, collector_env()),
                   target="<= 120 ms, <= 40 MB", command="python3 collectors/host.py --disk /")
         sessions = utmp.write(workdir / "utmp", *[utmp.login("user%03d" % i, "pts/%d" % i, i, 1000 + i)
                                                   for i in range(500)])
-        argv = collector("ssh.py") + ["--utmp", str(sessions), "--state-dir", str(state)] + endpoint.args()
-        table.add("ssh.py, 500 sessions in a real utmp file", *measure(argv, runs, collector_env()),
+        args = ["--utmp", str(sessions), "--state-dir", str(state)] + endpoint.args()
+        table.add("ssh.py, 500 sessions in a real utmp file", **measure_collector("ssh.py", args, runs, collector_env()),
                   target="<= 120 ms, <= 40 MB", command="python3 collectors/ssh.py --utmp FILE")
     finally:
         endpoint.close()
+
+
+def bench_condor(table, runs, workdir, sizes=(10000, 50000)):
+    """condor.py against a real personal HTCondor (23.9.6) holding SIZES queued jobs (held jobs stay queued)."""
+    import condor
+    from condor_pool import SCRIPT, CondorPool
+
+    subprocess.run([str(SCRIPT), "build", "trixie"], check=True)
+    subprocess.run([str(SCRIPT), "start", "trixie"], check=True)
+    pool, endpoint = CondorPool("trixie"), Endpoint(workdir)
+    try:
+        env = collector_env(pool.environment())
+        queued = 0
+        for size in sizes:
+            while queued < size:
+                batch = min(5000, size - queued)
+                # Every fourth batch is bob's and in the short queue, so both queues have work to count.
+                short = queued // 5000 % 4 == 3
+                pool.submit("bob" if short else "alice", "bench%d" % queued,
+                            {"executable": "/bin/true", "hold": "true", "+queue": '"short"' if short else '"long"'},
+                            count=batch)
+                queued += batch
+            print("  %d jobs queued" % queued, flush=True)
+            queues = ["-q", "all:", "-q", 'short:queue=="short"']
+            args = queues + ["--state-dir", str(workdir / "condor-state")] + endpoint.args()
+            table.add("condor.py, %d queued jobs, 2 queues, delivered at 0 ms" % size,
+                      **measure_collector("condor.py", args, runs, env),
+                      target="<= floor + 2 s" + (", <= 150 MB" if size >= 50000 else ""),
+                      command="python3 collectors/condor.py -q all: -q 'short:queue==\"short\"'")
+            # The floor: the same condor_q and condor_history calls, and nothing else.
+            calls = [condor.condor_command("condor_q", condor.JOB_ATTRS),
+                     condor.condor_command("condor_q", condor.QUEUE_ATTRS, 'queue=="short"'),
+                     ["condor_history", "-completedsince", "%d" % (time.time() - 360), "-af"] + condor.HISTORY_ATTRS]
+            script = " && ".join(" ".join("'%s'" % arg for arg in call) + " >/dev/null" for call in calls)
+            table.add("  floor: its condor_q and condor_history calls alone, %d jobs" % size,
+                      *measure(["sh", "-c", script], runs, env), command="condor_q -all -af ...")
+    finally:
+        endpoint.close()
+        subprocess.run([str(SCRIPT), "stop", "trixie"], check=False)
 
 
 def bench_jupyter(table, runs, workdir, pods=2000):
@@ -123,10 +174,9 @@ def bench_jupyter(table, runs, workdir, pods=2000):
         for i in range(pods):
             api.add_pod("af-jupyter", "jupyter-%05d" % i, {"owner": "user%04d" % (i % 1500)}, phases[i % 4])
         kubeconfig = api.write_kubeconfig(workdir / "kubeconfig", "bench-reader")
-        argv = collector("jupyter.py") + ["--kubeconfig", str(kubeconfig), "--state-dir", str(workdir / "state")] \
-            + endpoint.args()
+        args = ["--kubeconfig", str(kubeconfig), "--state-dir", str(workdir / "state")] + endpoint.args()
         table.add("jupyter.py, %d pods from the Kubernetes API stand-in" % pods,
-                  *measure(argv, runs, collector_env()), target="<= 1.5 s",
+                  **measure_collector("jupyter.py", args, runs, collector_env()), target="<= 1.5 s",
                   command="python3 collectors/jupyter.py --kubeconfig FILE")
     finally:
         endpoint.close()
@@ -169,8 +219,8 @@ def bench_group_filter(table, runs, workdir):
                   target="<= 0.5 s at 5,000, linear", command="python3 bench/group_filter.py")
 
 
-SECTIONS = {"host": bench_host_and_ssh, "jupyter": bench_jupyter, "delivery": bench_delivery,
-            "groups": bench_group_filter}
+SECTIONS = {"host": bench_host_and_ssh, "condor": bench_condor, "jupyter": bench_jupyter,
+            "delivery": bench_delivery, "groups": bench_group_filter}
 
 
 def main():

@@ -11,6 +11,7 @@ import fcntl
 import grp
 import gzip
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -375,13 +376,16 @@ def with_token(document, token):
 
 
 def write_debug_file(name, documents, token):
-    """-d: append JSON Lines to NAME.json in the current directory, the token masked."""
-    if not documents:
-        return
+    """-d: append JSON Lines to NAME.json in the current directory, the token masked; no documents, no file."""
     masked = "***" if token else ""
-    with open(name + ".json", "a", encoding="utf-8") as handle:
+    handle = None
+    try:
         for document in documents:
+            handle = handle or open(name + ".json", "a", encoding="utf-8")
             handle.write(json.dumps(with_token(document, masked)) + "\n")
+    finally:
+        if handle:
+            handle.close()
 
 
 class Spool:
@@ -523,27 +527,37 @@ class Delivery:
         return reply.status, retried
 
     def deliver(self, documents, token, logger):
-        """Send documents, oldest first, and return an Outcome: what to keep, how many were refused for good
-        (each logged and dropped), and the failures that retries got past."""
-        size = max(1, self.opts.batch_size)
-        chunks = [documents[start:start + size] for start in range(0, len(documents), size)]
+        """Send documents (any iterable), oldest first, and return an Outcome: what to keep, how many were
+        refused for good (each logged and dropped), and the failures that retries got past."""
+        size, workers = max(1, self.opts.batch_size), max(1, self.opts.connections)
+        undelivered, retried, refused = [], [], 0
 
         def send(chunk):
             return self._post([with_token(d, token) for d in chunk] if size > 1 else with_token(chunk[0], token))
 
-        # A few requests in flight hide the endpoint's round trip; more would only load the receiver.
-        with ThreadPoolExecutor(max_workers=max(1, self.opts.connections)) as pool:
-            results = list(pool.map(send, chunks))
-        outcome = Outcome([], 0, [])
-        for chunk, (delivered, retried) in zip(chunks, results):
-            outcome.retried.extend(retried)
+        def settle(chunk, future):
+            delivered, retried_past = future.result()
+            retried.extend(retried_past)
             if delivered is False:
-                outcome.undelivered.extend(chunk)
-            elif delivered is not True:
-                outcome = outcome._replace(refused=outcome.refused + len(chunk))
-                what = "a batch of %d documents" % len(chunk) if size > 1 else "a %s document" % chunk[0]["kind"]
-                logger.error("%s refused %s with HTTP %d: dropped", self.opts.url, what, delivered)
-        return outcome
+                undelivered.extend(chunk)
+                return 0
+            if delivered is True:
+                return 0
+            what = "a batch of %d documents" % len(chunk) if size > 1 else "a %s document" % chunk[0]["kind"]
+            logger.error("%s refused %s with HTTP %d: dropped", self.opts.url, what, delivered)
+            return len(chunk)
+
+        # A few requests in flight hide the endpoint's round trip; more would only load the receiver. The
+        # window is bounded, so documents are made, sent and forgotten as the collector yields them.
+        documents, in_flight = iter(documents), collections.deque()
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for chunk in iter(lambda: list(itertools.islice(documents, size)), []):
+                in_flight.append((chunk, pool.submit(send, chunk)))
+                if len(in_flight) > 2 * workers:
+                    refused += settle(*in_flight.popleft())
+            while in_flight:
+                refused += settle(*in_flight.popleft())
+        return Outcome(undelivered, refused, retried)
 
 
 # --- the run ----------------------------------------------------------------------------------------
@@ -579,32 +593,38 @@ def collect_and_deliver(module, opts, users, delivery):
         return EXIT_OK
     with lock:
         collected_ms = int(time.time() * 1000)
+        collected = [0]
+
+        def documents():
+            # Collectors may yield: documents then flow to the endpoint without piling up in memory.
+            for document in module.collect(run):
+                collected[0] += 1
+                yield dict(document, cluster=opts.cluster)
+
         status = EXIT_OK
         try:
-            documents = [dict(document, cluster=opts.cluster) for document in module.collect(run)]
+            if opts.debug:
+                write_debug_file(module.NAME, documents(), opts.token)
+            else:
+                status = deliver_with_spool(run, documents(), collected, collected_ms, delivery)
         except SourceError as error:
             run.log.error("%s", error)
+            return EXIT_FAILED
+        except OSError as error:
+            # Neither delivered nor kept: leave the state (e.g. the history watermark) where it was.
+            run.log.error("cannot keep %d document(s): %s: %s", collected[0], error.strerror, error.filename)
             return EXIT_FAILED
         except Exception as error:  # a bug must not stop the other collectors of an umbrella run
             run.log.error("%s collector failed: %s: %s", module.NAME, type(error).__name__, error)
             run.log.debug("traceback", exc_info=True)
             return EXIT_FAILED
-        run.log.info("collected %d document(s)", len(documents))
-        try:
-            if opts.debug:
-                write_debug_file(module.NAME, documents, opts.token)
-            else:
-                status = deliver_with_spool(run, documents, collected_ms, delivery)
-        except OSError as error:
-            # Neither delivered nor kept: leave the state (e.g. the history watermark) where it was.
-            run.log.error("cannot keep %d document(s): %s: %s", len(documents), error.strerror, error.filename)
-            return EXIT_FAILED
+        run.log.info("collected %d document(s)", collected[0])
         for commit in run.after_delivery:
             commit()
         return EXIT_FAILED if run.partly_failed else status
 
 
-def deliver_with_spool(run, documents, collected_ms, delivery):
+def deliver_with_spool(run, documents, collected, collected_ms, delivery):
     """Send what the spool holds, oldest first, then the new documents; spool what did not go."""
     spool = Spool(run.state, run.name, run.opts, run.log)
     waiting = spool.load()
@@ -624,7 +644,7 @@ def deliver_with_spool(run, documents, collected_ms, delivery):
         run.log.error("%d document(s) not delivered (%s): kept for the next run",
                       len(undelivered), delivery.endpoint_down)
     else:
-        run.log.info("delivered %d document(s)", len(waiting) + len(documents) - refused)
+        run.log.info("delivered %d document(s)", len(waiting) + collected[0] - refused)
     return EXIT_FAILED if undelivered or refused else EXIT_OK
 
 

@@ -4,6 +4,7 @@ document per job in the queue, plus each finished or removed job from condor_his
 
 Example: python3 collectors/condor.py -d -v -q all: -q 'short:queue=="short"'
 """
+import itertools
 import math
 import sys
 import time
@@ -59,12 +60,17 @@ def _number(token):
 
 
 def parse_autoformat(text, attributes, log):
-    """Rows of `condor_q/condor_history -af ATTRS` as dicts; numbers as floats, undefined as None.
+    """Rows of `condor_q/condor_history -af ATTRS` as a list of dicts (see autoformat_rows)."""
+    return list(autoformat_rows(text, attributes, log))
+
+
+def autoformat_rows(text, attributes, log=None):
+    """Yield the rows of `condor_q/condor_history -af ATTRS` as dicts; numbers as floats, undefined as None.
 
     Owner is the only string attribute asked for and user names hold no spaces, so a split is exact;
-    a line that does not fit is logged and skipped rather than failing the whole run.
+    a line that does not fit is skipped, and counted in a warning when a log is given.
     """
-    rows, bad = [], 0
+    bad = 0
     for line in text.splitlines():
         tokens = line.split()
         if not tokens:
@@ -76,12 +82,12 @@ def parse_autoformat(text, attributes, log):
                    for attribute, token in zip(attributes, tokens)}
             if any(row.get(attribute) in (None, "undefined") for attribute in REQUIRED_ATTRS & set(row)):
                 raise ValueError
-            rows.append(row)
         except ValueError:
             bad += 1
-    if bad:
+            continue
+        yield row
+    if bad and log:
         log.warning("%d line(s) of condor output did not parse and were skipped", bad)
-    return rows
 
 
 def queue_document(name, jobs):
@@ -153,17 +159,14 @@ def condor_command(tool, attributes, constraint=""):
 
 
 def collect(run):
+    """Yield the documents. Every command runs before the first one, so a failing source yields none; the
+    queue's jobs then stream from condor_q's text instead of piling up as parsed rows."""
     opts = run.opts
-    queues = [parse_queue_spec(spec) for spec in opts.queues]
     excluded = set(opts.exclude_owners)
     now = time.time()
-    jobs = parse_autoformat(run.command(condor_command("condor_q", JOB_ATTRS)), JOB_ATTRS, run.log)
-    documents = []
-    for name, constraint in queues:
-        matching = jobs if not constraint else parse_autoformat(
-            run.command(condor_command("condor_q", QUEUE_ATTRS, constraint)), QUEUE_ATTRS, run.log)
-        documents.append(queue_document(name, matching))
-
+    queue_text = run.command(condor_command("condor_q", JOB_ATTRS))
+    queues = [(name, run.command(condor_command("condor_q", QUEUE_ATTRS, constraint)) if constraint else None)
+              for name, constraint in map(parse_queue_spec, opts.queues)]
     watermark = load_watermark(run, now)
     since = ["-completedsince", "%d" % (watermark["time"] - 1)]
     history = parse_autoformat(run.command(["condor_history"] + since + ["-af"] + HISTORY_ATTRS),
@@ -171,13 +174,17 @@ def collect(run):
     finished, new_watermark = new_history(history, watermark)
     run.after_delivery.append(lambda: run.state.save(WATERMARK_STATE, new_watermark))
 
-    for job in jobs + finished:
+    for name, constrained_text in queues:
+        # The whole queue's rows are read twice (here quietly) rather than kept.
+        rows = autoformat_rows(queue_text, JOB_ATTRS) if constrained_text is None else \
+            autoformat_rows(constrained_text, QUEUE_ATTRS, run.log)
+        yield queue_document(name, rows)
+    for job in itertools.chain(autoformat_rows(queue_text, JOB_ATTRS, run.log), finished):
         if job["Owner"] in excluded:
             continue
         owner = run.users.report_name(job["Owner"])
         if owner is not None:
-            documents.append(job_document(job, owner, now))
-    return documents
+            yield job_document(job, owner, now)
 
 
 if __name__ == "__main__":

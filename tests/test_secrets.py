@@ -123,7 +123,7 @@ def test_obfuscation_hides_condor_owners(version, monkeypatch, tmp_path):
     opts = types.SimpleNamespace(obfuscate_users=True, salt=SALT, group="", obfuscate_hosts="bnl.gov", queues=["all:"],
                                  exclude_owners=[], timeout=60, state_dir=str(tmp_path))
     users = common.UserFilter(opts, common.log)
-    documents = condor.collect(common.Run(condor.NAME, opts, users))
+    documents = list(condor.collect(common.Run(condor.NAME, opts, users)))
     owners = {row[0] for row in queue + history}
     assert len([d for d in documents if d["kind"] == "condorjob"]) == len(queue) + len(history)
     assert {d["users"] for d in documents if d["kind"] == "condorjob"} == {
