@@ -1,0 +1,19 @@
+# The Ansible role: ansible-lint (production profile) and Molecule on disposable Debian 12 containers.
+# Their tools come from requirements-ansible.txt, installed into the project venv only for these targets.
+.PHONY: lint-ansible molecule
+
+ANSIBLE_STAMP := $(VENV)/.installed-ansible
+
+$(ANSIBLE_STAMP): $(STAMP) requirements-ansible.txt
+	$(PY) -m pip install -q -r requirements-ansible.txt
+	touch $@
+
+lint-ansible: $(ANSIBLE_STAMP)
+	. $(VENV)/bin/activate && ansible-lint --profile production
+
+# Builds (first time, about a minute) or loads the cached base image, starts dockerd when needed; outside CI a
+# machine that cannot run containers gets one line saying Molecule was skipped.
+molecule: $(ANSIBLE_STAMP)
+	VENV=$(VENV) scripts/molecule-test
+
+TEST_EXTRA += lint-ansible molecule
