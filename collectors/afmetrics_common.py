@@ -1,7 +1,7 @@
 """What every afmetrics collector shares: settings, privacy, commands, state, delivery and the run itself.
 
-A collector module provides NAME (its debug file and lock name), SETTINGS, add_arguments(parser) and
-collect(run) -> list of documents; main() and the umbrella command do the rest.
+A collector module provides NAME (its debug file, lock name and key in COLLECTOR_SETTINGS), SETTINGS,
+add_arguments(parser) and collect(run) -> list of documents; main() and the umbrella command do the rest.
 """
 import argparse
 import collections
@@ -105,6 +105,32 @@ COMMON_SETTINGS = [
     Setting("debug", "bool", False),
 ]
 
+KUBERNETES_SERVICEACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+# One config file serves every collector on a node, so each script must know the names the others take, to
+# warn only about real typos: that is why every collector's own settings are listed here, not in its script.
+COLLECTOR_SETTINGS = {
+    "ssh": [
+        Setting("ssh_history", "bool", False),
+        Setting("utmp", "str", ""),
+        Setting("wtmp", "str", ""),
+    ],
+    "condor": [
+        Setting("queues", "lines", []),
+        Setting("exclude_owners", "words", []),
+    ],
+    "jupyter": [
+        Setting("services", "lines", []),
+        Setting("namespace", "str", ""),
+        Setting("label", "str", ""),
+        Setting("kubeconfig", "str", ""),
+        Setting("serviceaccount_dir", "str", KUBERNETES_SERVICEACCOUNT_DIR),
+    ],
+    "host": [Setting("disks", "words", ["/home", "/data", "/scratch"])],
+}
+CONFIG_FILE_NAMES = {setting.name for settings in [COMMON_SETTINGS, *COLLECTOR_SETTINGS.values()]
+                     for setting in settings}
+
 
 def add_common_arguments(parser):
     # Defaults stay None so that "not given on the command line" can fall through to env, file, default.
@@ -169,8 +195,7 @@ def resolve_settings(parser, settings, argv=None):
     config_path = args.config or os.environ.get("AFMETRICS_CONFIG", DEFAULT_CONFIG)
     explicit = bool(args.config or os.environ.get("AFMETRICS_CONFIG"))
     file_values = read_config_file(config_path, explicit) if config_path else {}
-    known = {setting.name for setting in settings}
-    for key in sorted(set(file_values) - known):
+    for key in sorted(set(file_values) - CONFIG_FILE_NAMES):
         log.warning("config file %s: unknown setting %r ignored", config_path, key)
     for setting in settings:
         given = getattr(args, setting.name, None)

@@ -12,10 +12,7 @@ import time
 import afmetrics_common as common
 
 NAME = "condor"
-SETTINGS = [
-    common.Setting("queues", "lines", []),
-    common.Setting("exclude_owners", "words", []),
-]
+SETTINGS = common.COLLECTOR_SETTINGS[NAME]
 JOB_STATES = {0: "unexpanded", 1: "idle", 2: "running", 3: "removed", 4: "finished", 5: "held",
               6: "transferring_output", 7: "suspended"}
 # States in which a job holds a slot (condor_q -run lists these) and its run time keeps growing.

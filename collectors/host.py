@@ -15,7 +15,7 @@ import psutil
 import afmetrics_common as common
 
 NAME = "host"
-SETTINGS = [common.Setting("disks", "words", ["/home", "/data", "/scratch"])]
+SETTINGS = common.COLLECTOR_SETTINGS[NAME]
 NETWORK_STATE = "network.json"
 DISKSTATS_STATE = "diskstats.json"
 SECTOR_BYTES = 512  # /proc/diskstats counts 512-byte sectors whatever the device's sector size

@@ -12,14 +12,7 @@ import sys
 import afmetrics_common as common
 
 NAME = "jupyter"
-SERVICEACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-SETTINGS = [
-    common.Setting("services", "lines", []),
-    common.Setting("namespace", "str", ""),
-    common.Setting("label", "str", ""),
-    common.Setting("kubeconfig", "str", ""),
-    common.Setting("serviceaccount_dir", "str", SERVICEACCOUNT_DIR),
-]
+SETTINGS = common.COLLECTOR_SETTINGS[NAME]
 DEFAULT_SERVICE = ("ml", "af-jupyter", "owner")
 FINISHED_PHASES = {"Succeeded", "Failed"}
 
@@ -31,7 +24,8 @@ def add_arguments(parser):
                         help="a JupyterHub service to report as kind jupyter-NAME (repeatable)")
     parser.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig file (default $KUBECONFIG, else in-cluster)")
     parser.add_argument("--serviceaccount-dir", metavar="DIR",
-                        help="in-cluster service account token and ca.crt (default %s)" % SERVICEACCOUNT_DIR)
+                        help="in-cluster service account token and ca.crt (default %s)"
+                        % common.KUBERNETES_SERVICEACCOUNT_DIR)
 
 
 def services_of(opts):

@@ -9,11 +9,7 @@ import sys
 import afmetrics_common as common
 
 NAME = "ssh"
-SETTINGS = [
-    common.Setting("ssh_history", "bool", False),
-    common.Setting("utmp", "str", ""),
-    common.Setting("wtmp", "str", ""),
-]
+SETTINGS = common.COLLECTOR_SETTINGS[NAME]
 # Lines of `last` that are not logins: the boot and shutdown pseudo-users and the trailer line.
 NOT_USERS = {"reboot", "shutdown", "runlevel"}
 

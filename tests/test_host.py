@@ -68,3 +68,16 @@ def test_corrupt_state_is_a_fresh_start(run_collector, tmp_path):
     assert any(line.startswith("WARNING:host:state file %s is unreadable" % (state / host.NETWORK_STATE))
                for line in log_lines(done.stderr))
     assert json.loads((state / host.NETWORK_STATE).read_text())["counters"]  # a new baseline was stored
+
+
+def test_shared_config_file_warns_only_about_names_no_collector_takes(run_collector, tmp_path):
+    """One config file serves every collector on a node, as the Ansible role writes it."""
+    config = tmp_path / "afmetrics.conf"
+    config.write_text("[afmetrics]\ncluster = SHARED\ndisks = /\nssh_history = yes\nqueues =\n    all:\n"
+                      "services = ml:af-jupyter:owner\nkubeconfig = /etc/afmetrics/kubeconfig\ndiks = /typo\n")
+    done = run_collector("host.py", "-d", "--config", config, "--state-dir", tmp_path / "state", cwd=tmp_path)
+    assert done.returncode == 0
+    warnings = [line for line in log_lines(done.stderr) if line.startswith("WARNING")]
+    assert warnings == ["WARNING:afmetrics:config file %s: unknown setting 'diks' ignored" % config]
+    assert [d["mount"] for d in documents(tmp_path / "host.json") if d["kind"] == "DISK"] == ["/"]
+    assert {d["cluster"] for d in documents(tmp_path / "host.json")} == {"SHARED"}
