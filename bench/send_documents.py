@@ -27,8 +27,8 @@ def send_afmetrics(args, docs):
 
     opts = argparse.Namespace(url=args.url, ca_bundle=args.ca, send_budget=3600.0, gzip=False,
                               connections=args.connections, batch_size=args.batch_size)
-    undelivered, refused = common.Delivery(opts).deliver(docs, "bench-token", logging.getLogger("bench"))
-    return len(undelivered) + refused
+    outcome = common.Delivery(opts).deliver(docs, "bench-token", logging.getLogger("bench"))
+    return len(outcome.undelivered) + outcome.refused
 
 
 def send_new_connection(args, docs):
