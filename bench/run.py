@@ -153,6 +153,10 @@ def bench_condor(table, runs, workdir, sizes=(10000, 50000)):
                       **measure_collector("condor.py", args, runs, env),
                       target="<= floor + 2 s" + (", <= 150 MB" if size >= 50000 else ""),
                       command="python3 collectors/condor.py -q all: -q 'short:queue==\"short\"'")
+            if size == sizes[0]:
+                table.add("condor.py, %d queued jobs, array mode (batch_size 100)" % size,
+                          **measure_collector("condor.py", args, runs, dict(env, AFMETRICS_BATCH_SIZE="100")),
+                          target="<= floor + 2 s", command="AFMETRICS_BATCH_SIZE=100 python3 collectors/condor.py ...")
             # The floor: the same condor_q and condor_history calls, and nothing else.
             calls = [condor.condor_command("condor_q", condor.JOB_ATTRS),
                      condor.condor_command("condor_q", condor.QUEUE_ATTRS, 'queue=="short"'),
