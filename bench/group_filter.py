@@ -14,7 +14,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "collectors"))
-import afmetrics_common as common  # noqa: E402
+import afmetrics_privacy  # noqa: E402
 
 GROUP, GROUP_ID = "atlas", 50000
 
@@ -40,7 +40,7 @@ def write_databases(directory, users, groups):
 def time_filter(names):
     opts = argparse.Namespace(group=GROUP, obfuscate_users=True, salt="bench")
     started = time.perf_counter()
-    kept = common.UserFilter(opts, logging.getLogger("bench")).report_names(names)
+    kept = afmetrics_privacy.UserFilter(opts, logging.getLogger("bench")).report_names(names)
     return time.perf_counter() - started, len(kept)
 
 

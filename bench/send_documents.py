@@ -23,11 +23,13 @@ def documents(count):
 
 
 def send_afmetrics(args, docs):
-    import afmetrics_common as common
+    import math
 
-    opts = argparse.Namespace(url=args.url, ca_bundle=args.ca, send_budget=3600.0, gzip=False,
+    import afmetrics_delivery
+
+    opts = argparse.Namespace(url=args.url, ca_bundle=args.ca, send_budget=3600.0, run_budget=math.inf, gzip=False,
                               connections=args.connections, batch_size=args.batch_size)
-    outcome = common.Delivery(opts).deliver(docs, "bench-token", logging.getLogger("bench"))
+    outcome = afmetrics_delivery.Delivery(opts, math.inf).deliver(docs, "bench-token", logging.getLogger("bench"))
     return len(outcome.undelivered) + outcome.refused
 
 

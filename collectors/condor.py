@@ -155,6 +155,11 @@ def condor_command(tool, attributes, constraint=""):
         + ["-af"] + attributes
 
 
+def replaced_by_next_run(document):
+    """Queue totals and queued jobs come again next run; a finished or removed job is reported only once."""
+    return document["kind"] == "condorqueue" or document.get("state") not in ("finished", "removed")
+
+
 def collect(run):
     """Yield the documents. Every command runs before the first one, so a failing source yields none; the
     queue's jobs then stream from condor_q's text instead of piling up as parsed rows."""

@@ -114,6 +114,12 @@ def disk_documents(run, node, now):
     return documents
 
 
+def replaced_by_next_run(document):
+    """Load, memory and disk usage come again next run; NETWORK and DISK I/O deltas cover time no later
+    document covers."""
+    return document["kind"] in ("CPU", "MEM") or (document["kind"] == "DISK" and "io" not in document)
+
+
 def collect(run):
     node, now = run.login_node(), time.time()
     memory = psutil.virtual_memory()

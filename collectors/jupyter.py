@@ -102,12 +102,16 @@ def list_pods(api, host, namespace, label, timeout):
         raise common.SourceError("Kubernetes API %s answered with something that is not JSON" % host)
 
 
+def replaced_by_next_run(document):
+    return True  # user lists: the next run's replaces this one
+
+
 def collect(run):
     api, host = core_api(run.opts)
     documents = []
     for name, namespace, label in services_of(run.opts):
         try:
-            users = run.users.report_names(pod_users(list_pods(api, host, namespace, label, run.opts.timeout), label))
+            users = run.users.report_names(pod_users(list_pods(api, host, namespace, label, run.timeout()), label))
         except common.SourceError as error:
             run.source_failed(error)
             continue

@@ -1,4 +1,5 @@
 """Shared fixtures: paths, a real HTTPS receiver, and the collectors run as cron runs them."""
+import json
 import os
 import pathlib
 import re
@@ -8,6 +9,7 @@ import sys
 import pytest
 import trustme
 
+import utmp
 from receiver import Receiver
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -16,7 +18,23 @@ SHARED = REPO.parent / "shared"
 CAPTURES = SHARED / "reference" / "htcondor-captures"
 CONDOR_VERSIONS = ["trixie-htcondor-23.9.6", "sid-htcondor-25.14.1"]
 
+# In CI a test that needs root or a daemon it cannot have fails instead of being skipped.
+IN_CI = os.environ.get("CI") == "true"
+
 sys.path.insert(0, str(COLLECTORS))
+
+
+def skip_or_fail(reason):
+    """Skip a test that cannot run on this machine; in CI, where everything must run, fail it."""
+    if IN_CI:
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+def json_lines(path):
+    """The documents of a JSON Lines file (a debug file or a spool); [] when there is no such file."""
+    path = pathlib.Path(path)
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def capture(version, name, stream="stdout"):
@@ -58,6 +76,12 @@ def collector_environment(extra=None):
     env["AFMETRICS_LOG_FILE"] = ""  # logs on stderr, where the tests read them
     env.update(extra or {})
     return env
+
+
+@pytest.fixture
+def sessions(tmp_path):
+    """A real utmp file with alice and bob logged in."""
+    return utmp.write(tmp_path / "utmp", utmp.login("alice", "pts/0", 60, 11), utmp.login("bob", "pts/1", 30, 12))
 
 
 @pytest.fixture

@@ -152,6 +152,10 @@ class Receiver:
         self._stop_listening()
         self._listen(self.server_cert, self.port)
 
+    def args(self):
+        """The options pointing a collector at this receiver."""
+        return ["-u", self.url, "--ca-bundle", self.ca_file]
+
     def kinds(self):
         return sorted(document["kind"] for document in self.documents)
 

@@ -4,6 +4,7 @@ traceback; a huge condor_q reply still parses.
 import argparse
 import json
 import logging
+import math
 import os
 import tempfile
 
@@ -11,6 +12,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import afmetrics_common as common
+import afmetrics_privacy
+import afmetrics_settings
 import condor
 import host
 import jupyter
@@ -57,7 +60,7 @@ class FakeCondorRun(common.Run):
     def __init__(self, replies, state_dir):
         opts = argparse.Namespace(queues=["all:", 'short:queue=="short"'], exclude_owners=[], obfuscate_users=True,
                                   salt="s", group="", obfuscate_hosts="", timeout=60, state_dir=state_dir)
-        super().__init__(condor.NAME, opts, common.UserFilter(opts, LOG))
+        super().__init__(condor.NAME, opts, afmetrics_privacy.UserFilter(opts, LOG), math.inf)
         self.replies = replies
 
     def command(self, argv):
@@ -105,7 +108,7 @@ def test_corrupt_history_watermark_is_a_fresh_start(stored, tmp_path):
 class HostRun(common.Run):
     def __init__(self, state_dir):
         opts = argparse.Namespace(disks=["/"], obfuscate_hosts="", state_dir=state_dir)
-        super().__init__(host.NAME, opts, None)
+        super().__init__(host.NAME, opts, None, math.inf)
 
 
 @settings(max_examples=100, deadline=None)
@@ -133,12 +136,12 @@ def test_any_pod_list_gives_users_or_a_source_error(pod_list):
         users = jupyter.pod_users(pod_list, "owner")
     except common.SourceError:
         return
-    names = common.UserFilter(argparse.Namespace(salt="", obfuscate_users=True, group=""), LOG).report_names(users)
+    names = afmetrics_privacy.UserFilter(argparse.Namespace(salt="", obfuscate_users=True, group=""), LOG).report_names(users)
     assert all(isinstance(name, str) for name in names)
 
 
 def settings_table():
-    return common.COMMON_SETTINGS + condor.SETTINGS + host.SETTINGS + ssh.SETTINGS + jupyter.SETTINGS
+    return afmetrics_settings.COMMON_SETTINGS + condor.SETTINGS + host.SETTINGS + ssh.SETTINGS + jupyter.SETTINGS
 
 
 def resolve_with_config(text, directory):
@@ -146,8 +149,8 @@ def resolve_with_config(text, directory):
     with open(path, "w", encoding="utf-8", errors="surrogateescape") as handle:
         handle.write(text)
     parser = argparse.ArgumentParser()
-    common.add_common_arguments(parser)
-    return common.resolve_settings(parser, settings_table(), ["--config", path])
+    afmetrics_settings.add_common_arguments(parser)
+    return afmetrics_settings.resolve_settings(parser, settings_table(), ["--config", path])
 
 
 @EXAMPLES

@@ -7,6 +7,9 @@ import subprocess
 import pytest
 
 import afmetrics_common as common
+import afmetrics_privacy
+import afmetrics_settings
+import afmetrics_state
 
 MD5_ALICE = subprocess.run("printf alice | md5sum", shell=True, capture_output=True, text=True).stdout[:32]
 MD5_SALTED_ALICE = subprocess.run("printf s3cretalice | md5sum", shell=True, capture_output=True,
@@ -16,21 +19,21 @@ GROUP, MEMBER_PRIMARY, MEMBER_SUPPLEMENTARY, OUTSIDER = "afmatlas", "afmalice", 
 
 def test_user_obfuscation_is_last_8_hex_of_md5_of_salt_and_name():
     # Reference values from coreutils: printf alice | md5sum; printf s3cretalice | md5sum
-    assert common.obfuscate_user("alice") == MD5_ALICE[-8:]
-    assert common.obfuscate_user("alice", "s3cret") == MD5_SALTED_ALICE[-8:]
+    assert afmetrics_privacy.obfuscate_user("alice") == MD5_ALICE[-8:]
+    assert afmetrics_privacy.obfuscate_user("alice", "s3cret") == MD5_SALTED_ALICE[-8:]
 
 
 def test_host_obfuscation_matches_seed_example():
-    assert common.obfuscate_host("condor123.example.edu", "bnl.gov") == "atlas123.bnl.gov"
-    assert common.obfuscate_host("login01", "bnl.gov") == "atlas01.bnl.gov"
+    assert afmetrics_privacy.obfuscate_host("condor123.example.edu", "bnl.gov") == "atlas123.bnl.gov"
+    assert afmetrics_privacy.obfuscate_host("login01", "bnl.gov") == "atlas01.bnl.gov"
     # Only the short name's digits count: a digit in the domain must not leak in.
-    assert common.obfuscate_host("login2.af9.example", "x.org") == "atlas2.x.org"
+    assert afmetrics_privacy.obfuscate_host("login2.af9.example", "x.org") == "atlas2.x.org"
 
 
 def parser_with(settings):
     parser = argparse.ArgumentParser()
-    common.add_common_arguments(parser)
-    return parser, common.COMMON_SETTINGS + settings
+    afmetrics_settings.add_common_arguments(parser)
+    return parser, afmetrics_settings.COMMON_SETTINGS + settings
 
 
 def write_config(path, text, mode=0o640):
@@ -45,7 +48,7 @@ def test_precedence_command_line_then_environment_then_file_then_default(tmp_pat
     monkeypatch.setenv("AFMETRICS_URL", "https://env/")
     monkeypatch.setenv("AFMETRICS_TOKEN", "t-env")
     parser, settings = parser_with([])
-    opts = common.resolve_settings(parser, settings, ["--config", str(config), "-t", "t-cli"])
+    opts = afmetrics_settings.resolve_settings(parser, settings, ["--config", str(config), "-t", "t-cli"])
     assert (opts.token, opts.url, opts.cluster, opts.timeout) == ("t-cli", "https://env/", "FROM-FILE", 7.0)
     assert opts.send_budget == 120.0 and opts.obfuscate_users is False
 
@@ -54,9 +57,9 @@ def test_config_types_lists_and_booleans(tmp_path, monkeypatch):
     config = write_config(tmp_path / "a.conf", "obfuscate_users = yes\nqueues =\n    all:\n"
                                                "    short:queue==\"short\"\nexclude_owners = a, b c\n")
     monkeypatch.setenv("AFMETRICS_CONFIG", str(config))
-    parser, settings = parser_with([common.Setting("queues", "lines", []),
-                                    common.Setting("exclude_owners", "words", [])])
-    opts = common.resolve_settings(parser, settings, [])
+    parser, settings = parser_with([afmetrics_settings.Setting("queues", "lines", []),
+                                    afmetrics_settings.Setting("exclude_owners", "words", [])])
+    opts = afmetrics_settings.resolve_settings(parser, settings, [])
     assert opts.obfuscate_users is True
     assert opts.queues == ["all:", 'short:queue=="short"']
     assert opts.exclude_owners == ["a", "b", "c"]
@@ -75,20 +78,20 @@ def test_bad_config_is_a_usage_error_naming_the_problem(tmp_path, text, message)
     config.write_bytes(text.encode("latin-1"))
     parser, settings = parser_with([])
     with pytest.raises(common.UsageError, match=message):
-        common.resolve_settings(parser, settings, ["--config", str(config)])
+        afmetrics_settings.resolve_settings(parser, settings, ["--config", str(config)])
 
 
 def test_explicit_missing_config_file_is_an_error(tmp_path):
     parser, settings = parser_with([])
     with pytest.raises(common.UsageError, match="does not exist"):
-        common.resolve_settings(parser, settings, ["--config", str(tmp_path / "nope.conf")])
+        afmetrics_settings.resolve_settings(parser, settings, ["--config", str(tmp_path / "nope.conf")])
 
 
 def test_world_readable_token_and_unknown_keys_warn(tmp_path, caplog):
     config = write_config(tmp_path / "open.conf", "token = t0ps3cret\ncluser = typo\n", mode=0o644)
     parser, settings = parser_with([])
     with caplog.at_level(logging.WARNING):
-        common.resolve_settings(parser, settings, ["--config", str(config)])
+        afmetrics_settings.resolve_settings(parser, settings, ["--config", str(config)])
     text = caplog.text
     assert "every user can read it: chmod o-r %s" % config in text
     assert "unknown setting 'cluser'" in text
@@ -114,7 +117,7 @@ def group_database():
 
 def filter_for(group, obfuscate=False, salt=""):
     opts = argparse.Namespace(group=group, obfuscate_users=obfuscate, salt=salt)
-    return common.UserFilter(opts, logging.getLogger("test"))
+    return afmetrics_privacy.UserFilter(opts, logging.getLogger("test"))
 
 
 def test_group_filter_keeps_primary_and_supplementary_members(group_database, caplog):
@@ -127,7 +130,7 @@ def test_group_filter_keeps_primary_and_supplementary_members(group_database, ca
 
 def test_group_filter_then_obfuscation(group_database):
     users = filter_for(group_database, obfuscate=True, salt="pepper")
-    assert users.report_names([MEMBER_PRIMARY, OUTSIDER]) == [common.obfuscate_user(MEMBER_PRIMARY, "pepper")]
+    assert users.report_names([MEMBER_PRIMARY, OUTSIDER]) == [afmetrics_privacy.obfuscate_user(MEMBER_PRIMARY, "pepper")]
 
 
 def test_unknown_group_leaves_every_user_out_with_a_warning(caplog):
@@ -138,7 +141,7 @@ def test_unknown_group_leaves_every_user_out_with_a_warning(caplog):
 
 
 def test_state_survives_corruption_and_writes_atomically(tmp_path, caplog):
-    state = common.StateDir(str(tmp_path), logging.getLogger("test"))
+    state = afmetrics_state.StateDir(str(tmp_path), logging.getLogger("test"))
     state.save("x.json", {"a": 1})
     assert state.load("x.json") == {"a": 1}
     assert sorted(os.listdir(tmp_path)) == ["x.json"]  # no temporary file left behind
@@ -150,7 +153,7 @@ def test_state_survives_corruption_and_writes_atomically(tmp_path, caplog):
 
 
 def test_lock_is_exclusive(tmp_path):
-    state = common.StateDir(str(tmp_path), logging.getLogger("test"))
+    state = afmetrics_state.StateDir(str(tmp_path), logging.getLogger("test"))
     first = state.try_lock("host")
     assert first is not None
     assert state.try_lock("host") is None

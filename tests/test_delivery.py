@@ -6,31 +6,22 @@ import time
 
 import pytest
 
-import afmetrics_common as common
+import afmetrics_privacy
 import utmp
 from conftest import log_lines
 
 TOKEN, SALT = "tok-3f9a1c77e2", "salt-b71d0c"
 
 
-@pytest.fixture
-def sessions(tmp_path):
-    return utmp.write(tmp_path / "utmp", utmp.login("alice", "pts/0", 60, 11), utmp.login("bob", "pts/1", 30, 12))
-
-
-def endpoint(receiver, *more):
-    return ["-u", receiver.url, "--ca-bundle", receiver.ca_file] + list(more)
-
-
 def test_umbrella_delivers_every_document_with_token_and_cluster(run_collector, receiver, sessions, tmp_path):
     done = run_collector("afmetrics_collector", "-vv", "-s", "--host", "-c", "UC-AF", "--utmp", sessions,
-                         "--disk", "/", "--state-dir", tmp_path / "state", *endpoint(receiver),
+                         "--disk", "/", "--state-dir", tmp_path / "state", *receiver.args(),
                          env={"AFMETRICS_TOKEN": TOKEN, "AFMETRICS_CONNECTIONS": "1"}, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert receiver.kinds() == ["CPU", "DISK", "MEM", "ssh"]
     assert all(d["token"] == TOKEN and d["cluster"] == "UC-AF" for d in receiver.documents)
     [ssh] = receiver.of_kind("ssh")
-    assert ssh == {"kind": "ssh", "cluster": "UC-AF", "token": TOKEN, "login_node": common.fully_qualified_hostname(),
+    assert ssh == {"kind": "ssh", "cluster": "UC-AF", "token": TOKEN, "login_node": afmetrics_privacy.fully_qualified_hostname(),
                    "ssh_user_count": 2, "users": ["alice", "bob"]}
     [memory] = receiver.of_kind("MEM")
     assert set(memory) == {"kind", "cluster", "token", "login_node", "total", "available"}
@@ -53,14 +44,14 @@ def test_config_file_carries_every_secret_and_option(run_collector, receiver, se
     assert done.returncode == 0, done.stderr
     assert all(d["token"] == TOKEN and d["cluster"] == "BNL-AF" for d in receiver.documents)
     [ssh] = receiver.of_kind("ssh")
-    assert ssh["users"] == sorted([common.obfuscate_user("alice", SALT), common.obfuscate_user("bob", SALT)])
-    assert {d["login_node"] for d in receiver.documents} == {common.obfuscate_host(socket.gethostname(), "bnl.gov")}
+    assert ssh["users"] == sorted([afmetrics_privacy.obfuscate_user("alice", SALT), afmetrics_privacy.obfuscate_user("bob", SALT)])
+    assert {d["login_node"] for d in receiver.documents} == {afmetrics_privacy.obfuscate_host(socket.gethostname(), "bnl.gov")}
     assert TOKEN not in done.stderr and SALT not in done.stderr and "WARNING" not in done.stderr
 
 
 def test_secrets_on_the_command_line_work_but_warn(run_collector, receiver, sessions, tmp_path):
     done = run_collector("ssh.py", "-t", TOKEN, "-o", "-z", SALT, "--utmp", sessions,
-                         "--state-dir", tmp_path / "state", *endpoint(receiver), cwd=tmp_path)
+                         "--state-dir", tmp_path / "state", *receiver.args(), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert receiver.documents[0]["token"] == TOKEN
     lines = log_lines(done.stderr)
@@ -70,7 +61,7 @@ def test_secrets_on_the_command_line_work_but_warn(run_collector, receiver, sess
 
 
 def test_sending_without_token_is_a_usage_error(run_collector, receiver, tmp_path):
-    done = run_collector("host.py", "--state-dir", tmp_path / "state", *endpoint(receiver), cwd=tmp_path)
+    done = run_collector("host.py", "--state-dir", tmp_path / "state", *receiver.args(), cwd=tmp_path)
     assert done.returncode == 2
     assert log_lines(done.stderr) == ["ERROR:afmetrics:no token: set token in the config file, AFMETRICS_TOKEN "
                                       "or -t (or use -d)"]
@@ -79,7 +70,7 @@ def test_sending_without_token_is_a_usage_error(run_collector, receiver, tmp_pat
 
 def test_busy_endpoint_is_retried_honouring_retry_after(run_collector, receiver, sessions, tmp_path):
     receiver.fail_next(429, 503, retry_after=1)
-    done = run_collector("ssh.py", "--utmp", sessions, "--state-dir", tmp_path / "state", *endpoint(receiver),
+    done = run_collector("ssh.py", "--utmp", sessions, "--state-dir", tmp_path / "state", *receiver.args(),
                          env={"AFMETRICS_TOKEN": TOKEN}, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert len(receiver.requests) == 3 and receiver.kinds() == ["ssh"]
@@ -89,7 +80,7 @@ def test_failed_delivery_is_spooled_and_sent_first_next_run(run_collector, recei
     state = tmp_path / "state"
     receiver.fail_next(*[500] * 4)  # every attempt of the first document: the endpoint is down
     args = ["afmetrics_collector", "-s", "--host", "--disk", "/", "--utmp", sessions, "--state-dir", state,
-            *endpoint(receiver)]
+            *receiver.args()]
     env = {"AFMETRICS_TOKEN": TOKEN, "AFMETRICS_CONNECTIONS": "1"}  # one connection: arrival order is exact
     first = run_collector(*args, env=env, cwd=tmp_path)
     assert first.returncode == 1
@@ -136,7 +127,7 @@ def test_certificate_from_another_ca_is_refused(run_collector, receiver, session
 
 def test_refused_document_is_dropped_and_logged_not_retried(run_collector, receiver, sessions, tmp_path):
     receiver.fail_next(400)
-    done = run_collector("ssh.py", "--utmp", sessions, "--state-dir", tmp_path, *endpoint(receiver),
+    done = run_collector("ssh.py", "--utmp", sessions, "--state-dir", tmp_path, *receiver.args(),
                          env={"AFMETRICS_TOKEN": TOKEN}, cwd=tmp_path)
     assert done.returncode == 1
     assert log_lines(done.stderr) == ["ERROR:ssh:%s refused a ssh document with HTTP 400: dropped" % receiver.url]
@@ -147,7 +138,7 @@ def test_corrupt_spool_lines_are_dropped_with_a_warning(run_collector, receiver,
     collected = int(time.time() * 1000) - 60000
     (tmp_path / "spool-ssh.jsonl").write_text('{"kind": "ssh", "users": [], "timestamp": %d}\n{torn\n[1]\n'
                                               % collected)
-    done = run_collector("ssh.py", "--utmp", sessions, "--state-dir", tmp_path, *endpoint(receiver),
+    done = run_collector("ssh.py", "--utmp", sessions, "--state-dir", tmp_path, *receiver.args(),
                          env={"AFMETRICS_TOKEN": TOKEN, "AFMETRICS_CONNECTIONS": "1"}, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "WARNING:ssh:spool %s: 2 corrupt line(s) dropped" % (tmp_path / "spool-ssh.jsonl") in log_lines(done.stderr)

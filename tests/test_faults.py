@@ -17,18 +17,15 @@ import trustme
 import urllib3
 
 import afmetrics_common as common
+import afmetrics_delivery
+import afmetrics_privacy
 import utmp
 from conftest import COLLECTORS, collector_environment, log_lines
 
 TOKEN = "tok-5e1d2a9c40"
-COLLECTED_SSH = {"kind": "ssh", "cluster": "UC-AF", "login_node": common.fully_qualified_hostname(),
+COLLECTED_SSH = {"kind": "ssh", "cluster": "UC-AF", "login_node": afmetrics_privacy.fully_qualified_hostname(),
                  "ssh_user_count": 2, "users": ["alice", "bob"]}
 SPOOLS = ("spool-ssh.jsonl", "spool-host.jsonl")
-
-
-@pytest.fixture
-def sessions(tmp_path):
-    return utmp.write(tmp_path / "utmp", utmp.login("alice", "pts/0", 60, 11), utmp.login("bob", "pts/1", 30, 12))
 
 
 @pytest.fixture
@@ -200,7 +197,7 @@ def test_batches_and_gzip_are_spooled_and_replayed_like_single_documents(run_col
 
 @pytest.mark.parametrize("setting, value, seeded_age_hours, dropped, warning", [
     # 4 seeded + 1 new: the 2 oldest go
-    ("AFMETRICS_SPOOL_MAX_DOCUMENTS", "3", 1, 2, "spool full or too old: 2 undelivered document(s) dropped"),
+    ("AFMETRICS_SPOOL_MAX_DOCUMENTS", "3", 1, 2, "spool {spool} full (3 documents): dropped the oldest 2 snapshot(s) a later run sends again: ssh x2"),
     # every seeded document is too old: dropped as it is read, never sent
     ("AFMETRICS_SPOOL_MAX_AGE_HOURS", "24", 25, 4, "spool {spool}: 4 document(s) older than 24 hours dropped"),
 ])
@@ -239,14 +236,15 @@ def sleeps(monkeypatch):
     recorder = _SleepRecorder()
     monkeypatch.setattr(urllib3.util.retry, "time", recorder)
     # The budget's clock moves by what was slept, as it would have had the sleeps been real.
-    monkeypatch.setattr(common, "time", types.SimpleNamespace(
+    monkeypatch.setattr(afmetrics_delivery, "time", types.SimpleNamespace(
         time=time.time, monotonic=lambda: time.monotonic() + sum(recorder.sleeps)))
     return recorder.sleeps
 
 
 def delivery_to(receiver, send_budget=120.0):
-    return common.Delivery(types.SimpleNamespace(url=receiver.url, ca_bundle=receiver.ca_file, send_budget=send_budget,
-                                                 connections=1, batch_size=1, gzip=False))
+    opts = types.SimpleNamespace(url=receiver.url, ca_bundle=receiver.ca_file, send_budget=send_budget, run_budget=240.0,
+                                 connections=1, batch_size=1, gzip=False)
+    return afmetrics_delivery.Delivery(opts, time.monotonic() + opts.run_budget)
 
 
 def deliver(delivery, documents):

@@ -4,6 +4,8 @@ import json
 import host
 from conftest import log_lines
 
+TOKEN = "tok-host-5a1e"
+
 
 def documents(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
@@ -29,14 +31,19 @@ def test_counter_deltas_rebaseline_when_a_counter_goes_backwards():
     assert host.counter_deltas([1, 2, 3], [4, 6]) is None
 
 
-def test_first_run_baselines_network_second_run_reports_it(run_collector, tmp_path):
+def run_host(run_collector, receiver, state, *more):
+    return run_collector("host.py", "-c", "UC-AF", "--disk", "/", "--state-dir", state, *receiver.args(), *more,
+                         env={"AFMETRICS_TOKEN": TOKEN}, cwd=state.parent)
+
+
+def test_first_run_baselines_network_second_run_reports_it(run_collector, receiver, tmp_path):
     state = tmp_path / "state"
-    first = run_collector("host.py", "-d", "-c", "UC-AF", "--disk", "/", "--state-dir", state, cwd=tmp_path)
+    first = run_host(run_collector, receiver, state)
     assert first.returncode == 0, first.stderr
-    assert [d["kind"] for d in documents(tmp_path / "host.json")] == ["CPU", "MEM", "DISK"]
-    second = run_collector("host.py", "-d", "-c", "UC-AF", "--disk", "/", "--state-dir", state, cwd=tmp_path)
+    assert receiver.kinds() == ["CPU", "DISK", "MEM"]
+    second = run_host(run_collector, receiver, state)
     assert second.returncode == 0, second.stderr
-    cpu, memory, network, disk = documents(tmp_path / "host.json")[3:]
+    cpu, memory, network, disk = receiver.documents[3:]
     assert isinstance(cpu["load"], float) and cpu["login_node"] == network["login_node"]
     assert 0 < memory["available"] <= memory["total"]
     assert network["kind"] == "NETWORK" and network["network"]["interval"] > 0
@@ -58,12 +65,12 @@ def test_missing_mount_is_a_warning_and_others_are_reported(run_collector, tmp_p
     assert [d["mount"] for d in documents(tmp_path / "host.json") if d["kind"] == "DISK"] == ["/"]
 
 
-def test_corrupt_state_is_a_fresh_start(run_collector, tmp_path):
+def test_corrupt_state_is_a_fresh_start(run_collector, receiver, tmp_path):
     state = tmp_path / "state"
     state.mkdir()
     (state / host.NETWORK_STATE).write_text("{not json")
     (state / host.DISKSTATS_STATE).write_text('["wrong shape"]')
-    done = run_collector("host.py", "-d", "--disk", "/", "--state-dir", state, cwd=tmp_path)
+    done = run_host(run_collector, receiver, state)
     assert done.returncode == 0
     assert any(line.startswith("WARNING:host:state file %s is unreadable" % (state / host.NETWORK_STATE))
                for line in log_lines(done.stderr))

@@ -1,6 +1,7 @@
 """Nothing leaked: the token and the salt never show in a log line, an error, a debug file, the spool or ps;
 with obfuscation on, no raw user name or host name leaves the node."""
 import json
+import math
 import pathlib
 import socket
 import subprocess
@@ -12,6 +13,8 @@ import pytest
 from hypothesis import example, given, settings, strategies as st
 
 import afmetrics_common as common
+import afmetrics_privacy
+import afmetrics_settings
 import condor
 import utmp
 from conftest import COLLECTORS, CONDOR_VERSIONS, capture, collector_environment
@@ -105,7 +108,7 @@ def test_obfuscation_leaves_no_raw_user_or_host_name_in_any_document(run_collect
     assert {d["kind"] for d in documents} == {"ssh", "jupyter-ml", "CPU", "MEM", "DISK"}
     assert_anonymous(documents, SSH_USERS + JUPYTER_USERS)
     [ssh] = [d for d in documents if d["kind"] == "ssh"]
-    assert ssh["users"] == sorted(common.obfuscate_user(user, SALT) for user in SSH_USERS)
+    assert ssh["users"] == sorted(afmetrics_privacy.obfuscate_user(user, SALT) for user in SSH_USERS)
 
 
 @pytest.mark.parametrize("version", CONDOR_VERSIONS)
@@ -122,18 +125,18 @@ def test_obfuscation_hides_condor_owners(version, monkeypatch, tmp_path):
     monkeypatch.setattr(common, "run_command", lambda argv, timeout: replies[argv[0]])
     opts = types.SimpleNamespace(obfuscate_users=True, salt=SALT, group="", obfuscate_hosts="bnl.gov", queues=["all:"],
                                  exclude_owners=[], timeout=60, state_dir=str(tmp_path))
-    users = common.UserFilter(opts, common.log)
-    documents = list(condor.collect(common.Run(condor.NAME, opts, users)))
+    users = afmetrics_privacy.UserFilter(opts, common.log)
+    documents = list(condor.collect(common.Run(condor.NAME, opts, users, math.inf)))
     owners = {row[0] for row in queue + history}
     assert len([d for d in documents if d["kind"] == "condorjob"]) == len(queue) + len(history)
     assert {d["users"] for d in documents if d["kind"] == "condorjob"} == {
-        common.obfuscate_user(owner, SALT) for owner in owners}
+        afmetrics_privacy.obfuscate_user(owner, SALT) for owner in owners}
     assert_anonymous(documents, owners)
 
 
 def assert_anonymous(documents, raw_users):
     """No raw user name in any string of any document, and no real host name."""
-    host_names = {socket.gethostname(), common.fully_qualified_hostname()}
+    host_names = {socket.gethostname(), afmetrics_privacy.fully_qualified_hostname()}
     for document in documents:
         for value in strings_in(document):
             assert not any(user in value for user in raw_users), (value, document)
@@ -165,6 +168,6 @@ def test_config_file_errors_never_quote_the_token(before, token_line, after, tmp
     path = tmp_path_factory.mktemp("config") / "afmetrics.conf"
     path.write_text("\n".join(before + [token_line.format(TOKEN, TOKEN)] + after), encoding="utf-8")
     try:
-        common.read_config_file(str(path), explicit=True)
+        afmetrics_settings.read_config_file(str(path), explicit=True)
     except common.UsageError as error:
         assert TOKEN not in str(error)

@@ -1,6 +1,7 @@
 """Runs and state: every collector works as nobody with only its state dir, log dir and working dir writable;
 state (the NETWORK baseline, the history watermark) only moves once its documents are delivered or spooled."""
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -13,6 +14,8 @@ import types
 import pytest
 
 import afmetrics_common as common
+import afmetrics_delivery
+import afmetrics_privacy
 import condor
 import utmp
 from conftest import COLLECTORS, collector_environment, log_lines
@@ -61,8 +64,9 @@ def test_every_collector_runs_as_nobody(nobody_home, receiver, kubernetes_api):
     replaying = run()
     assert [debug.returncode, spooling.returncode, replaying.returncode] == [0, 1, 0], replaying.stderr
     assert sorted(os.listdir(work)) == ["host.json", "jupyter.json", "ssh.json"]
-    # The debug run stored the NETWORK baseline, the spooling run's documents arrive on the replaying run.
-    spooled_kinds = ["CPU", "DISK", "MEM", "NETWORK", "jupyter-ml", "ssh"]
+    # The spooling run stored the NETWORK baseline (a debug run stores nothing); its documents arrive on the
+    # replaying run.
+    spooled_kinds = ["CPU", "DISK", "MEM", "jupyter-ml", "ssh"]
     assert sorted(d["kind"] for d in receiver.documents if "timestamp" in d) == spooled_kinds
     assert "ERROR" not in debug.stderr + replaying.stderr
     assert "delivered" in pathlib.Path(logs, "afmetrics.log").read_text()
@@ -94,23 +98,23 @@ def test_history_watermark_moves_only_once_the_jobs_are_delivered_or_spooled(rec
     finished = int(time.time()) - 10
     replies = {"condor_q": "", "condor_history": "bob 7 0 4 30.0 %d %d\n" % (finished, finished)}
     monkeypatch.setattr(common, "run_command", lambda argv, timeout: replies[argv[0]])
-    opts = types.SimpleNamespace(url=receiver.url, ca_bundle=receiver.ca_file, send_budget=30.0, connections=1,
+    opts = types.SimpleNamespace(url=receiver.url, ca_bundle=receiver.ca_file, send_budget=30.0, run_budget=240.0, connections=1,
                                  batch_size=1, gzip=False, token=TOKEN, cluster="UC-AF", debug=False, queues=[],
                                  exclude_owners=[], timeout=60, state_dir=str(tmp_path), spool_max_documents=10,
                                  spool_max_age_hours=1.0, obfuscate_users=False, salt="", group="",
                                  obfuscate_hosts="")
-    users = common.UserFilter(opts, common.log)
+    users = afmetrics_privacy.UserFilter(opts, common.log)
     receiver.answer_always(401)
     (tmp_path / "spool-condor.jsonl").mkdir()
-    assert common.collect_and_deliver(condor, opts, users, common.Delivery(opts)) == common.EXIT_FAILED
+    assert common.collect_and_deliver(condor, opts, users, afmetrics_delivery.Delivery(opts, math.inf), math.inf) == common.EXIT_FAILED
     assert not (tmp_path / condor.WATERMARK_STATE).exists()  # the job will be reported again
 
     (tmp_path / "spool-condor.jsonl").rmdir()
-    assert common.collect_and_deliver(condor, opts, users, common.Delivery(opts)) == common.EXIT_FAILED
+    assert common.collect_and_deliver(condor, opts, users, afmetrics_delivery.Delivery(opts, math.inf), math.inf) == common.EXIT_FAILED
     assert json.loads((tmp_path / condor.WATERMARK_STATE).read_text()) == {"time": finished, "ids": ["7.0"]}
     [job] = [json.loads(line) for line in (tmp_path / "spool-condor.jsonl").read_text().splitlines()]
     assert job["Id"] == "7.0"
 
     receiver.restore()
-    assert common.collect_and_deliver(condor, opts, users, common.Delivery(opts)) == common.EXIT_OK
+    assert common.collect_and_deliver(condor, opts, users, afmetrics_delivery.Delivery(opts, math.inf), math.inf) == common.EXIT_OK
     assert [d["Id"] for d in receiver.documents] == ["7.0"]  # from the spool; the watermark keeps it from recurring

@@ -4,6 +4,7 @@ import json
 import socket
 
 import afmetrics_common as common
+import afmetrics_privacy
 import utmp
 from conftest import log_lines
 
@@ -30,7 +31,7 @@ def test_seed_debug_command_line(run_collector, tmp_path):
     assert "WARNING:afmetrics:group atlas does not exist on this host: every user is left out" in lines
     assert TOKEN not in log_file.read_text() and SALT not in log_file.read_text()
 
-    node = common.obfuscate_host(socket.gethostname(), "bnl.gov")
+    node = afmetrics_privacy.obfuscate_host(socket.gethostname(), "bnl.gov")
     [ssh] = read_documents(tmp_path / "ssh.json")
     assert ssh == {"kind": "ssh", "login_node": node, "ssh_user_count": 0, "users": [], "cluster": "UC-AF",
                    "token": "***"}
@@ -69,21 +70,23 @@ def test_argparse_usage_error_exits_2(run_collector, tmp_path):
     assert done.returncode == 2 and "invalid non_negative_number value: 'soon'" in done.stderr
 
 
-def test_run_still_going_makes_the_next_one_skip(run_collector, tmp_path):
+def test_run_still_going_makes_the_next_one_skip(run_collector, receiver, sessions, tmp_path):
     state = tmp_path / "state"
     state.mkdir()
     with open(state / "host.lock", "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        done = run_collector("afmetrics_collector", "-d", "-s", "--host", "--state-dir", state, cwd=tmp_path)
+        done = run_collector("afmetrics_collector", "-s", "--host", "--utmp", sessions, "--state-dir", state,
+                             *receiver.args(), env={"AFMETRICS_TOKEN": "tok-skip"}, cwd=tmp_path)
     assert done.returncode == 0
     assert "WARNING:host:previous host run still going: this run skipped" in log_lines(done.stderr)
-    assert (tmp_path / "ssh.json").exists() and not (tmp_path / "host.json").exists()
+    assert receiver.kinds() == ["ssh"]
 
 
 def test_unwritable_state_dir_is_a_usage_error(run_collector, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    done = run_collector("host.py", "-d", "--state-dir", blocker / "state", cwd=tmp_path)
+    done = run_collector("host.py", "--state-dir", blocker / "state", env={"AFMETRICS_TOKEN": "tok-state"},
+                         cwd=tmp_path)
     assert done.returncode == 2
     assert log_lines(done.stderr) == ["ERROR:afmetrics:cannot create state dir %s: Not a directory "
                                       "(set --state-dir)" % (blocker / "state")]

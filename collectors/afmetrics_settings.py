@@ -1,0 +1,213 @@
+"""Settings: one table of names, kinds and defaults behind the command line, AFMETRICS_* and the INI file.
+
+resolve_settings() merges them in the order SPEC.md gives (command line > environment > file > default) and
+raises UsageError with one line for anything it cannot use; nothing here runs a collector.
+"""
+import collections
+import configparser
+import logging
+import math
+import os
+import re
+
+__version__ = "1.0.0"
+
+CONFIG_SECTION = "afmetrics"
+DEFAULT_CONFIG = "/etc/afmetrics/afmetrics.conf"
+DEFAULT_LOG_FILE = "/var/log/afmetrics/afmetrics.log"
+
+log = logging.getLogger("afmetrics")
+
+
+class UsageError(Exception):
+    """Bad command line or configuration: exit 2 with this one-line message."""
+
+
+# One table drives the config file, the environment (AFMETRICS_<NAME>) and the defaults, so the three
+# can never disagree about a name or a type. The command line fills the same names through argparse.
+Setting = collections.namedtuple("Setting", "name kind default")
+
+
+def _words(text):
+    return [word for word in re.split(r"[\s,]+", text) if word]
+
+
+def _lines(text):
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _boolean(text):
+    value = text.strip().lower()
+    if value in ("1", "yes", "true", "on"):
+        return True
+    if value in ("0", "no", "false", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
+def non_negative_number(text):
+    """A finite number >= 0: a NaN budget would switch the budget off, a negative one makes no sense."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("expected a finite number >= 0")
+    return value
+
+
+def _default_state_dir():
+    if os.geteuid() == 0:
+        return "/var/lib/afmetrics"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "afmetrics")
+
+
+PARSERS = {"str": str, "int": int, "number": non_negative_number, "bool": _boolean, "words": _words,
+           "lines": _lines}
+
+COMMON_SETTINGS = [
+    Setting("token", "str", ""),
+    Setting("cluster", "str", ""),
+    Setting("url", "str", "https://af.atlas-ml.org/"),
+    Setting("ca_bundle", "str", ""),
+    Setting("state_dir", "str", None),
+    Setting("timeout", "number", 60.0),
+    Setting("send_budget", "number", 120.0),
+    Setting("run_budget", "number", 240.0),
+    Setting("spool_max_documents", "int", 100000),
+    Setting("spool_max_age_hours", "number", 168.0),
+    Setting("batch_size", "int", 1),
+    Setting("gzip", "bool", False),
+    Setting("connections", "int", 10),
+    Setting("obfuscate_users", "bool", False),
+    Setting("salt", "str", ""),
+    Setting("obfuscate_hosts", "str", ""),
+    Setting("group", "str", ""),
+    Setting("verbose", "int", 0),
+    Setting("log_file", "str", DEFAULT_LOG_FILE),
+    Setting("debug", "bool", False),
+]
+
+KUBERNETES_SERVICEACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+# One config file serves every collector on a node, so each script must know the names the others take, to
+# warn only about real typos: that is why every collector's own settings are listed here, not in its script.
+COLLECTOR_SETTINGS = {
+    "ssh": [
+        Setting("ssh_history", "bool", False),
+        Setting("utmp", "str", ""),
+        Setting("wtmp", "str", ""),
+    ],
+    "condor": [
+        Setting("queues", "lines", []),
+        Setting("exclude_owners", "words", []),
+        Setting("history_scan_limit", "int", 100000),
+    ],
+    "jupyter": [
+        Setting("services", "lines", []),
+        Setting("namespace", "str", ""),
+        Setting("label", "str", ""),
+        Setting("kubeconfig", "str", ""),
+        Setting("serviceaccount_dir", "str", KUBERNETES_SERVICEACCOUNT_DIR),
+    ],
+    "host": [
+        Setting("disks", "words", ["/home", "/data", "/scratch"]),
+        Setting("baseline_max_age", "number", 3600.0),
+    ],
+}
+CONFIG_FILE_NAMES = {setting.name for settings in [COMMON_SETTINGS, *COLLECTOR_SETTINGS.values()]
+                     for setting in settings}
+
+
+def add_common_arguments(parser):
+    # Defaults stay None so that "not given on the command line" can fall through to env, file, default.
+    add = parser.add_argument
+    add("-t", "--token", help="endpoint token (prefer the config file or AFMETRICS_TOKEN: visible in ps)")
+    add("-c", "--cluster", help="cluster name put in every document, e.g. UC-AF")
+    add("-u", "--url", help="endpoint URL (default https://af.atlas-ml.org/)")
+    add("-d", "--debug", action="store_true", default=None,
+        help="write documents as JSON Lines to NAME.json in the current directory instead of sending")
+    add("-v", "--verbose", action="count", default=None, help="-v info, -vv debug logging")
+    add("-o", "--obfuscate-users", action="store_true", default=None,
+        help="replace user names by the last 8 hex digits of MD5(salt + name)")
+    add("-z", "--salt", help="salt for user obfuscation (prefer the config file or AFMETRICS_SALT)")
+    add("-O", "--obfuscate-hosts", metavar="DOMAIN",
+        help="report host names as 'atlas' + their digits + '.DOMAIN'")
+    add("-g", "--group", help="keep only users whose primary or supplementary groups include GROUP")
+    add("--config", metavar="PATH",
+        help="INI config file (default $AFMETRICS_CONFIG, else %s when present)" % DEFAULT_CONFIG)
+    add("--log-file", metavar="PATH",
+        help="append logs here (default %s when its directory exists; '' = stderr only)" % DEFAULT_LOG_FILE)
+    add("--state-dir", metavar="DIR",
+        help="counters, watermark, locks and spool (default /var/lib/afmetrics as root)")
+    add("--ca-bundle", metavar="PEM", help="CA bundle to verify the endpoint with")
+    add("--timeout", metavar="SECONDS", type=non_negative_number,
+        help="limit for one command or API call (default 60)")
+    add("--send-budget", metavar="SECONDS", type=non_negative_number,
+        help="time each collector's delivery may take, from its first document, before the rest is spooled "
+             "(default 120)")
+    add("--run-budget", metavar="SECONDS", type=non_negative_number,
+        help="time the whole run may take, every collector's commands and delivery, so that it ends before the "
+             "next cron run (default 240)")
+    add("--version", action="version", version="afmetrics " + __version__)
+
+
+def read_config_file(path, explicit):
+    """Return {key: raw text} of the [afmetrics] section; {} when no file is configured."""
+    if not os.path.exists(path):
+        if explicit:
+            raise UsageError("config file %s does not exist" % path)
+        return {}
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except OSError as error:
+        raise UsageError("cannot read config file %s: %s" % (path, error.strerror))
+    except UnicodeDecodeError:
+        raise UsageError("cannot read config file %s: not UTF-8 text" % path)
+    except configparser.Error as error:
+        # configparser quotes the offending line, which may be the token's: name only where it is.
+        lines = [str(number) for number, _ in getattr(error, "errors", [])] or [str(getattr(error, "lineno", "?"))]
+        raise UsageError("cannot read config file %s: %s at line %s"
+                         % (path, type(error).__name__, ", ".join(lines)))
+    if not parser.has_section(CONFIG_SECTION):
+        raise UsageError("config file %s has no [%s] section" % (path, CONFIG_SECTION))
+    values = dict(parser.items(CONFIG_SECTION))
+    if values.get("token") and os.stat(path).st_mode & 0o004:
+        log.warning("config file %s holds the token and every user can read it: chmod o-r %s", path, path)
+    return values
+
+
+def resolve_settings(parser, settings, argv=None):
+    """Parse argv and merge it with environment, config file and defaults (in that order of precedence)."""
+    args = parser.parse_args(argv)
+    # An empty AFMETRICS_CONFIG means "no config file", even where the default one exists.
+    config_path = args.config or os.environ.get("AFMETRICS_CONFIG", DEFAULT_CONFIG)
+    explicit = bool(args.config or os.environ.get("AFMETRICS_CONFIG"))
+    file_values = read_config_file(config_path, explicit) if config_path else {}
+    for key in sorted(set(file_values) - CONFIG_FILE_NAMES):
+        log.warning("config file %s: unknown setting %r ignored", config_path, key)
+    for setting in settings:
+        given = getattr(args, setting.name, None)
+        if given is not None:
+            continue
+        env_name = "AFMETRICS_" + setting.name.upper()
+        for origin, raw in (("$" + env_name, os.environ.get(env_name)), (config_path, file_values.get(setting.name))):
+            if raw is None:
+                continue
+            try:
+                given = PARSERS[setting.kind](raw)
+            except ValueError as error:
+                raise UsageError("%s: bad value for %s: %r (%s)" % (origin, setting.name, raw, error))
+            break
+        setattr(args, setting.name, setting.default if given is None else given)
+    args.state_dir = args.state_dir or _default_state_dir()
+    return args
+
+
+def warn_about_visible_secrets(argv):
+    """The seed documents -t and -z, but a command line is readable by every user through ps."""
+    for flags, what in ((("-t", "--token"), "token"), (("-z", "--salt"), "salt")):
+        if any(arg in flags or arg.startswith(tuple(flag + "=" for flag in flags)) for arg in argv):
+            log.warning("the %s was given on the command line, which every user sees in ps: "
+                        "put it in the config file or AFMETRICS_%s instead", what, what.upper())
+
