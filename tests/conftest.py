@@ -14,8 +14,8 @@ from receiver import Receiver
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 COLLECTORS = REPO / "collectors"
-SHARED = REPO.parent / "shared"
-CAPTURES = SHARED / "reference" / "htcondor-captures"
+# Real HTCondor outputs (tests/htcondor-captures/README.md says how they were made).
+CAPTURES = REPO / "tests" / "htcondor-captures"
 CONDOR_VERSIONS = ["trixie-htcondor-23.9.6", "sid-htcondor-25.14.1"]
 
 # In CI a test that needs root or a daemon it cannot have fails instead of being skipped.
@@ -38,7 +38,7 @@ def json_lines(path):
 
 
 def capture(version, name, stream="stdout"):
-    """A real HTCondor output from ../shared/reference/htcondor-captures."""
+    """A real HTCondor output from tests/htcondor-captures."""
     return (CAPTURES / version / ("%s.%s" % (name, stream))).read_text()
 
 
