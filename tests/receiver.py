@@ -8,6 +8,8 @@ Logstash's json codec does). Faults, each until restore():
 - reset_mid_request(): the connection is reset after half the body was read: nothing kept;
 - lose_replies(count): the document is kept, then the connection is reset instead of the reply, so the
   client cannot know it arrived (`lost` holds those documents: the only ones that may arrive twice);
+- refuse_documents(status, predicate): a request holding a document for which predicate is true gets status;
+- limit_batch(size): a JSON array of more than size documents gets 413 (Payload Too Large);
 - refuse(): nothing listens on the port;
 - present(cert): the port serves a certificate of another CA.
 """
@@ -54,9 +56,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             released.wait(receiver.hang_seconds)
             return
         status, retry_after = answer if answer else (200, None)
+        payload = json.loads(body)
+        documents = payload if isinstance(payload, list) else [payload]
         if status == 200:
-            payload = json.loads(body)
-            documents = payload if isinstance(payload, list) else [payload]
+            status = receiver.judge(payload, documents)
+        if status == 200:
             with receiver.lock:
                 receiver.documents.extend(documents)
                 if lose_reply:
@@ -94,6 +98,7 @@ class Receiver:
         self.lock = threading.Lock()
         self.documents, self.requests, self.answers, self.lost = [], [], [], []
         self.always, self.resetting, self.replies_to_lose = None, False, 0
+        self.refusals, self.batch_limit = [], None
         self.hang, self.released, self.hanging, self.hang_seconds = (threading.Event(), threading.Event(),
                                                                      threading.Event(), 60)
         self.ca_file = ca_file
@@ -128,6 +133,24 @@ class Receiver:
         with self.lock:
             self.always = (status, retry_after)
 
+    def refuse_documents(self, status, predicate):
+        with self.lock:
+            self.refusals.append((status, predicate))
+
+    def limit_batch(self, size):
+        with self.lock:
+            self.batch_limit = size
+
+    def judge(self, payload, documents):
+        """The status for a well-formed request: 413 for a batch over the limit, a refusal's status, or 200."""
+        with self.lock:
+            if isinstance(payload, list) and self.batch_limit is not None and len(payload) > self.batch_limit:
+                return 413
+            for status, predicate in self.refusals:
+                if any(predicate(document) for document in documents):
+                    return status
+        return 200
+
     def reset_mid_request(self):
         self.resetting = True
 
@@ -146,6 +169,7 @@ class Receiver:
         """Back to a healthy endpoint on the same URL: every fault cleared, held requests released."""
         with self.lock:
             self.answers, self.always, self.resetting, self.replies_to_lose = [], None, False, 0
+            self.refusals, self.batch_limit = [], None
         self.hang.clear()
         self.released.set()
         self.released = threading.Event()

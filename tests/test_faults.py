@@ -5,8 +5,11 @@ the receiver is restored and they run again; every document collected must then 
 content, with duplicates only where the receiver kept a document but its reply was lost.
 """
 import collections
+import email.utils
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -26,6 +29,7 @@ TOKEN = "tok-5e1d2a9c40"
 COLLECTED_SSH = {"kind": "ssh", "cluster": "UC-AF", "login_node": afmetrics_privacy.fully_qualified_hostname(),
                  "ssh_user_count": 2, "users": ["alice", "bob"]}
 SPOOLS = ("spool-ssh.jsonl", "spool-host.jsonl")
+PYTHON_START_SLACK = 5  # seconds a run may take beyond a budget: interpreter start, the other collector
 
 
 @pytest.fixture
@@ -83,6 +87,10 @@ FAULTS = [
     Fault("HTTP 429 with Retry-After", lambda receiver, cert: receiver.answer_always(429, retry_after=1),
           "{url} answered HTTP 429"),
     Fault("HTTP 401 (token refused)", lambda receiver, cert: receiver.answer_always(401), "{url} answered HTTP 401"),
+    # An ingress between deployments, a proxy in front of the wrong service: the endpoint is wrong, not the
+    # documents, so they are kept like any other failure's.
+    Fault("HTTP 404 (redeploy)", lambda receiver, cert: receiver.answer_always(404), "{url} answered HTTP 404"),
+    Fault("HTTP 405", lambda receiver, cert: receiver.answer_always(405), "{url} answered HTTP 405"),
     Fault("hang", lambda receiver, cert: receiver.hang.set(), "cannot reach {url}: ReadTimeoutError (timed out)"),
     Fault("reset mid-request", lambda receiver, cert: receiver.reset_mid_request(),
           "cannot reach {url}: ProtocolError (Remote end closed connection without response)"),
@@ -283,3 +291,64 @@ def test_spool_line_without_kind_refused_by_the_endpoint_is_a_log_line(run_colle
     # Every stderr line a log line (log_lines checks the format): no traceback.
     assert problems(done) == ["WARNING:ssh:spool %s: 1 corrupt line(s) dropped" % (state / "spool-ssh.jsonl"),
                               "ERROR:ssh:%s refused a ssh document with HTTP 400: dropped" % receiver.url]
+
+
+@pytest.mark.parametrize("value", ["1.5", "in 3 s as an HTTP-date"])
+def test_retry_after_as_a_fraction_or_an_http_date_is_honoured(value, receiver, sleeps):
+    """RFC 9110 allows an HTTP-date; a fraction is not allowed but seen, and urllib3 raises on it."""
+    header = value if value == "1.5" else email.utils.formatdate(time.time() + 3, usegmt=True)
+    receiver.fail_next(429, retry_after=header)
+    assert deliver(delivery_to(receiver), [COLLECTED_SSH]) == ([], 0, ["HTTP 429"])
+    [slept] = sleeps
+    assert slept == 1.5 if value == "1.5" else 1 <= slept <= 3
+
+
+def test_batch_too_large_for_the_endpoint_is_split_down_to_single_documents(run_collector, receiver, sessions,
+                                                                              state):
+    receiver.limit_batch(1)
+    done = run_umbrella(run_collector, receiver, sessions, state, env={"AFMETRICS_BATCH_SIZE": "4"})
+    assert done.returncode == 0, done.stderr
+    assert sorted(d["kind"] for d in receiver.documents) == ["CPU", "DISK", "MEM", "ssh"]
+    assert len(receiver.documents) == collected(done)
+    [warning] = problems(done)
+    assert warning.startswith("WARNING:host:%s failed HTTP 413 (batch split) x" % receiver.url)
+
+
+@pytest.mark.parametrize("status, batch_size", [(400, 4), (422, 4), (422, 1), (413, 1)])
+def test_only_the_document_the_endpoint_refuses_is_dropped(status, batch_size, run_collector, receiver, sessions,
+                                                          state):
+    receiver.refuse_documents(status, lambda document: document["kind"] == "MEM")
+    done = run_umbrella(run_collector, receiver, sessions, state, env={"AFMETRICS_BATCH_SIZE": str(batch_size)})
+    assert done.returncode == 1
+    assert sorted(d["kind"] for d in receiver.documents) == ["CPU", "DISK", "ssh"]
+    assert [line for line in problems(done) if line.startswith("ERROR")] == [
+        "ERROR:host:%s refused a MEM document with HTTP %d: dropped" % (receiver.url, status)]
+    assert spooled(state) == []
+
+
+def slow_tool(directory, tool, seconds):
+    """TOOL on PATH: the real one, started after SECONDS (a busy schedd, an NSS lookup that hangs)."""
+    directory.mkdir(exist_ok=True)
+    wrapper = directory / tool
+    wrapper.write_text('#!/bin/sh\nsleep %s\nexec %s "$@"\n' % (seconds, shutil.which(tool)))
+    wrapper.chmod(0o755)
+    return {"PATH": "%s:%s" % (directory, os.environ["PATH"])}
+
+
+def test_send_budget_counts_from_delivery_not_from_a_slow_source(run_collector, receiver, sessions, state):
+    env = slow_tool(state.parent / "bin", "who", 4)
+    done = run_umbrella(run_collector, receiver, sessions, state, "--send-budget", 2, env=env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(d["kind"] for d in receiver.documents) == ["CPU", "DISK", "MEM", "ssh"]
+
+
+def test_run_budget_ends_a_slow_source_and_keeps_what_is_left(run_collector, receiver, sessions, state):
+    env = slow_tool(state.parent / "bin", "who", 30)
+    started = time.monotonic()
+    done = run_umbrella(run_collector, receiver, sessions, state, "--run-budget", 3, env=env)
+    assert time.monotonic() - started < 3 + PYTHON_START_SLACK
+    assert done.returncode == 1
+    who_failed, host_kept = problems(done)
+    assert re.match(r"ERROR:ssh:who did not answer within [\d.]+ s$", who_failed), who_failed
+    assert host_kept == "ERROR:host:3 document(s) not delivered (run budget of 3 s used up): kept for the next run"
+    assert receiver.documents == []

@@ -1,5 +1,6 @@
 """Runs and state: every collector works as nobody with only its state dir, log dir and working dir writable;
 state (the NETWORK baseline, the history watermark) only moves once its documents are delivered or spooled."""
+import argparse
 import json
 import math
 import os
@@ -16,12 +17,29 @@ import pytest
 import afmetrics_common as common
 import afmetrics_delivery
 import afmetrics_privacy
+import afmetrics_settings
 import condor
+import host
+import ssh
 import utmp
-from conftest import COLLECTORS, collector_environment, log_lines
+from conftest import COLLECTORS, collector_environment, json_lines, log_lines
 
 TOKEN = "tok-71c0be3d95"
 AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+
+
+def in_process_options(receiver, state_dir, **more):
+    """The settings of a real run to the receiver, for a collector run in this process."""
+    return types.SimpleNamespace(url=receiver.url, ca_bundle=receiver.ca_file, send_budget=30.0, run_budget=240.0,
+                                 connections=1, batch_size=1, gzip=False, token=TOKEN, cluster="UC-AF", debug=False,
+                                 timeout=60, state_dir=str(state_dir), spool_max_documents=10,
+                                 spool_max_age_hours=1.0, obfuscate_users=False, salt="", group="",
+                                 obfuscate_hosts="", **more)
+
+
+def run_in_process(module, opts):
+    users = afmetrics_privacy.UserFilter(opts, common.log)
+    return common.collect_and_deliver(module, opts, users, afmetrics_delivery.Delivery(opts, math.inf), math.inf)
 
 
 @pytest.fixture
@@ -98,23 +116,170 @@ def test_history_watermark_moves_only_once_the_jobs_are_delivered_or_spooled(rec
     finished = int(time.time()) - 10
     replies = {"condor_q": "", "condor_history": "bob 7 0 4 30.0 %d %d\n" % (finished, finished)}
     monkeypatch.setattr(common, "run_command", lambda argv, timeout: replies[argv[0]])
-    opts = types.SimpleNamespace(url=receiver.url, ca_bundle=receiver.ca_file, send_budget=30.0, run_budget=240.0, connections=1,
-                                 batch_size=1, gzip=False, token=TOKEN, cluster="UC-AF", debug=False, queues=[],
-                                 exclude_owners=[], timeout=60, state_dir=str(tmp_path), spool_max_documents=10,
-                                 spool_max_age_hours=1.0, obfuscate_users=False, salt="", group="",
-                                 obfuscate_hosts="")
-    users = afmetrics_privacy.UserFilter(opts, common.log)
+    opts = in_process_options(receiver, tmp_path, queues=[], exclude_owners=[], history_scan_limit=1000)
     receiver.answer_always(401)
     (tmp_path / "spool-condor.jsonl").mkdir()
-    assert common.collect_and_deliver(condor, opts, users, afmetrics_delivery.Delivery(opts, math.inf), math.inf) == common.EXIT_FAILED
+    assert run_in_process(condor, opts) == common.EXIT_FAILED
     assert not (tmp_path / condor.WATERMARK_STATE).exists()  # the job will be reported again
 
     (tmp_path / "spool-condor.jsonl").rmdir()
-    assert common.collect_and_deliver(condor, opts, users, afmetrics_delivery.Delivery(opts, math.inf), math.inf) == common.EXIT_FAILED
-    assert json.loads((tmp_path / condor.WATERMARK_STATE).read_text()) == {"time": finished, "ids": ["7.0"]}
-    [job] = [json.loads(line) for line in (tmp_path / "spool-condor.jsonl").read_text().splitlines()]
-    assert job["Id"] == "7.0"
+    assert run_in_process(condor, opts) == common.EXIT_FAILED
+    assert (tmp_path / condor.WATERMARK_STATE).exists()
+    assert [job["Id"] for job in json_lines(tmp_path / "spool-condor.jsonl")] == ["7.0"]
 
     receiver.restore()
-    assert common.collect_and_deliver(condor, opts, users, afmetrics_delivery.Delivery(opts, math.inf), math.inf) == common.EXIT_OK
-    assert [d["Id"] for d in receiver.documents] == ["7.0"]  # from the spool; the watermark keeps it from recurring
+    assert run_in_process(condor, opts) == common.EXIT_OK
+    assert [d["Id"] for d in receiver.documents] == ["7.0"]  # from the spool
+
+
+class YieldsThenFails:
+    """A collector whose source breaks after it yielded two documents (a stream cut, an API that fails on
+    the second page)."""
+    NAME = "partial"
+
+    @staticmethod
+    def collect(run):
+        yield {"kind": "CPU", "login_node": "n1", "load": 1.0}
+        yield {"kind": "MEM", "login_node": "n1", "total": 2, "available": 1}
+        raise common.SourceError("the source broke after two documents")
+
+
+def test_documents_yielded_before_a_source_failed_are_delivered_or_kept(receiver, tmp_path):
+    opts = in_process_options(receiver, tmp_path)
+    receiver.answer_always(401)
+    assert run_in_process(YieldsThenFails, opts) == common.EXIT_FAILED
+    assert [d["kind"] for d in json_lines(tmp_path / "spool-partial.jsonl")] == ["CPU", "MEM"]
+
+    receiver.restore()
+    assert run_in_process(YieldsThenFails, opts) == common.EXIT_FAILED  # the source still fails
+    assert [d["kind"] for d in receiver.documents] == ["CPU", "MEM", "CPU", "MEM"]  # the spool's, then its own
+    assert json_lines(tmp_path / "spool-partial.jsonl") == []
+
+
+def seed_spool(state, name, documents, age_seconds=60):
+    state.mkdir(exist_ok=True)
+    collected_ms = int((time.time() - age_seconds) * 1000)
+    seeded = [dict(document, timestamp=collected_ms + n) for n, document in enumerate(documents)]
+    (state / ("spool-%s.jsonl" % name)).write_text("".join(json.dumps(d) + "\n" for d in seeded))
+    return seeded
+
+
+def malformed_kubeconfig(directory):
+    path = directory / "kubeconfig"
+    path.write_text("clusters: [unclosed\n")
+    return ["-j", "--kubeconfig", path]
+
+
+def who_missing(directory):
+    return ["-s", "--utmp", "/nonexistent"]
+
+
+@pytest.mark.parametrize("name, failing_source, env", [
+    ("ssh", who_missing, {"PATH": "/nonexistent"}),
+    ("jupyter", malformed_kubeconfig, {}),
+])
+def test_spool_is_sent_once_while_the_source_keeps_failing(name, failing_source, env, run_collector, receiver,
+                                                           tmp_path):
+    state = tmp_path / "state"
+    seeded = seed_spool(state, name, [{"kind": "jupyter-ml" if name == "jupyter" else "ssh", "users": [str(n)]}
+                                      for n in range(3)])
+    for _ in range(3):
+        done = run_collector("afmetrics_collector", *failing_source(tmp_path), "--state-dir", state,
+                             *receiver.args(), env=dict(env, AFMETRICS_TOKEN=TOKEN), cwd=tmp_path)
+        assert done.returncode == 1
+        [error] = [line for line in log_lines(done.stderr) if line.startswith("ERROR")]
+        assert error.startswith("ERROR:%s:" % name), error
+    assert receiver.documents == [dict(d, token=TOKEN) for d in seeded]
+    assert json_lines(state / ("spool-%s.jsonl" % name)) == []
+
+
+def state_files(state):
+    return {path.name: path.read_bytes() for path in state.iterdir()}
+
+
+def test_debug_run_changes_nothing_a_real_run_will_send(run_collector, receiver, sessions, tmp_path):
+    state = tmp_path / "state"
+    args = ["afmetrics_collector", "-s", "--host", "--disk", "/", "--utmp", sessions, "--state-dir", state]
+    env = {"AFMETRICS_TOKEN": TOKEN}
+    assert run_collector(*args, *receiver.args(), env=env, cwd=tmp_path).returncode == 0  # baselines stored
+    receiver.answer_always(401)
+    assert run_collector(*args, *receiver.args(), env=env, cwd=tmp_path).returncode == 1  # documents spooled
+    receiver.restore()
+    before, spooled = state_files(state), json_lines(state / "spool-host.jsonl")
+    network_before, requests_before = json.loads(before["network.json"]), len(receiver.requests)
+
+    debug = run_collector(*args, "-d", env=env, cwd=tmp_path)
+    assert debug.returncode == 0, debug.stderr
+    assert "NETWORK" in [d["kind"] for d in json_lines(tmp_path / "host.json")]  # read from the real baseline
+    assert state_files(state) == before
+    assert len(receiver.requests) == requests_before
+
+    real_started = time.time()
+    real = run_collector(*args, *receiver.args(), env=env, cwd=tmp_path)
+    assert real.returncode == 0, real.stderr
+    assert all(dict(d, token=TOKEN) in receiver.documents for d in spooled)
+    [network] = [d for d in receiver.of_kind("NETWORK") if "timestamp" not in d]
+    # The bytes since the last real run, not since the debug run.
+    assert network["network"]["interval"] >= real_started - network_before["time"]
+
+
+def test_full_spool_drops_snapshots_before_events(run_collector, receiver, tmp_path):
+    state = tmp_path / "state"
+    events = seed_spool(state, "host", [{"kind": "NETWORK", "login_node": "n1",
+                                          "network": {"interval": 300.0, "sent": n, "received": n}}
+                                         for n in range(2)], age_seconds=600)
+    receiver.answer_always(401)
+    done = run_collector("host.py", "--disk", "/", "--state-dir", state, *receiver.args(),
+                         env={"AFMETRICS_TOKEN": TOKEN, "AFMETRICS_SPOOL_MAX_DOCUMENTS": "3"}, cwd=tmp_path)
+    assert done.returncode == 1
+    # This run made CPU, MEM and DISK (no NETWORK: its first baseline): the two oldest snapshots go.
+    kept = json_lines(state / "spool-host.jsonl")
+    assert kept[:2] == events and [d["kind"] for d in kept[2:]] == ["DISK"]
+    assert "WARNING:host:spool %s full (3 documents): dropped the oldest 2 snapshot(s) a later run sends again: " \
+           "CPU x1, MEM x1" % (state / "spool-host.jsonl") in log_lines(done.stderr)
+
+
+def test_corrupt_and_expired_spool_lines_are_removed_not_warned_about_every_run(run_collector, receiver, sessions,
+                                                                              tmp_path):
+    state = tmp_path / "state"
+    [expired] = seed_spool(state, "ssh", [{"kind": "ssh", "users": ["old"]}], age_seconds=200 * 3600)
+    spool = state / "spool-ssh.jsonl"
+    spool.write_text(json.dumps(expired) + "\n{torn line\n")
+    args = ["ssh.py", "--utmp", sessions, "--state-dir", state, *receiver.args()]
+    first = run_collector(*args, env={"AFMETRICS_TOKEN": TOKEN}, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert [line for line in log_lines(first.stderr) if line.startswith("WARNING")] == [
+        "WARNING:ssh:spool %s: 1 corrupt line(s) dropped" % spool,
+        "WARNING:ssh:spool %s: 1 document(s) older than 168 hours dropped" % spool]
+    assert json_lines(spool) == []
+
+    second = run_collector(*args, env={"AFMETRICS_TOKEN": TOKEN}, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert log_lines(second.stderr) == []
+    assert receiver.kinds() == ["ssh", "ssh"]
+
+
+def run_umbrella_in_process(modules, argv):
+    """main() as the umbrella runs it, with the collectors in the given order."""
+    parser = argparse.ArgumentParser()
+    afmetrics_settings.add_common_arguments(parser)
+    for module in modules:
+        module.add_arguments(parser)
+    settings = afmetrics_settings.COMMON_SETTINGS + [s for module in modules for s in module.SETTINGS]
+    return common.main(modules, parser, settings, [str(arg) for arg in argv])
+
+
+def test_state_that_cannot_be_saved_is_one_line_and_the_next_collector_runs(receiver, sessions, tmp_path,
+                                                                           monkeypatch, capsys):
+    state = tmp_path / "state"
+    (state / host.NETWORK_STATE).mkdir(parents=True)  # a directory in the way
+    for name, value in collector_environment({"AFMETRICS_TOKEN": TOKEN}).items():
+        monkeypatch.setenv(name, value)
+    status = run_umbrella_in_process([host, ssh], ["--disk", "/", "--utmp", sessions, "--state-dir", state,
+                                                   *receiver.args()])
+    assert status == common.EXIT_FAILED
+    errors = [line for line in log_lines(capsys.readouterr().err) if line.startswith("ERROR")]
+    assert errors == ["ERROR:host:cannot save state: Is a directory: %s (the next run may send some documents "
+                      "again)" % (state / host.NETWORK_STATE)]
+    assert sorted(receiver.kinds()) == ["CPU", "DISK", "MEM", "ssh"]  # ssh ran after host's failure
+    assert not list(state.glob("*.tmp"))
