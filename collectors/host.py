@@ -13,6 +13,7 @@ import time
 import psutil
 
 import afmetrics_common as common
+from afmetrics_settings import non_negative_number
 
 NAME = "host"
 SETTINGS = common.COLLECTOR_SETTINGS[NAME]
@@ -24,6 +25,8 @@ SECTOR_BYTES = 512  # /proc/diskstats counts 512-byte sectors whatever the devic
 def add_arguments(parser):
     parser.add_argument("--disk", dest="disks", action="append", metavar="PATH",
                         help="mount to report (repeatable; default /home /data /scratch)")
+    parser.add_argument("--baseline-max-age", dest="baseline_max_age", metavar="SECONDS", type=non_negative_number,
+                        help="an older NETWORK or DISK I/O baseline is replaced, not reported (default 3600)")
 
 
 def parse_diskstats(text):
@@ -59,24 +62,59 @@ def counter_deltas(previous, current):
     return None if any(delta < 0 for delta in deltas) else deltas
 
 
-def device_of(path, partitions):
-    """The kernel name (as in /proc/diskstats) of the device holding path, or "" when unknown."""
-    path = os.path.realpath(path)
+def device_of(path, partitions, realpath=os.path.realpath):
+    """The kernel name (as in /proc/diskstats) of the device whose file system is visible at path, or "" when
+    unknown; partitions in /proc/self/mounts order, as psutil.disk_partitions(all=True) gives them.
+
+    Of equally long mount points the last listed is the one on top: an autofs point is listed before the file
+    system it mounts there, and a mount over a mount after the one it covers. A device path is resolved
+    through its links (/dev/mapper/NAME -> ../dm-N) with realpath; a name such as tmpfs or host:/export
+    is the device as it stands.
+    """
+    path = realpath(path)
     holders = [p for p in partitions if path == p.mountpoint or path.startswith(p.mountpoint.rstrip("/") + "/")]
     if not holders:
         return ""
-    device = max(holders, key=lambda p: len(p.mountpoint)).device
-    return os.path.basename(os.path.realpath(device)) if device.startswith("/dev/") else device
+    device = max(reversed(holders), key=lambda p: len(p.mountpoint)).device
+    return os.path.basename(realpath(device)) if device.startswith("/dev/") else device
+
+
+def stale_reason(taken, now, max_age):
+    """Why a baseline taken at time taken gives no deltas at time now, or None when it does: counts over more
+    than max_age seconds would show days of traffic as one interval (the old tool re-baselined after an hour),
+    and a baseline from the future (the clock was set back) a negative interval."""
+    age = now - taken
+    if age < 0:
+        return "is from the future (the clock went back)"
+    if age > max_age:
+        return "is %.1f h old, over baseline_max_age (%g s)" % (age / 3600, max_age)
+    return None
+
+
+def usable_baseline(run, name, field, now, label):
+    """The {"time": t, field: ...} baseline in state file name when it can give deltas at time now; else None,
+    and one info line starting with label says why (none yet, or stale)."""
+    stored = stored_counters(run.state.load(name), field, run.log)
+    if stored is None:
+        run.log.info("%s stored, first figures on the next run", label)
+        return None
+    reason = stale_reason(stored["time"], now, run.opts.baseline_max_age)
+    if reason:
+        run.log.info("%s %s: new baseline stored, first figures on the next run", label, reason)
+        return None
+    return stored
 
 
 def network_document(run, node, now):
     counters = psutil.net_io_counters()
     current = [counters.bytes_sent, counters.bytes_recv]
-    previous = stored_counters(run.state.load(NETWORK_STATE), "counters", run.log)
+    previous = usable_baseline(run, NETWORK_STATE, "counters", now, "NETWORK: baseline")
     run.after_delivery.append(lambda: run.state.save(NETWORK_STATE, {"time": now, "counters": current}))
-    deltas = counter_deltas(previous["counters"], current) if previous else None
+    if previous is None:
+        return []
+    deltas = counter_deltas(previous["counters"], current)
     if deltas is None:
-        run.log.info("NETWORK: baseline stored, first figures on the next run")
+        run.log.info("NETWORK: counters went back (a reboot): new baseline stored, first figures on the next run")
         return []
     interval = round(now - previous["time"], 3)
     return [{"kind": "NETWORK", "login_node": node,
@@ -90,7 +128,7 @@ def disk_documents(run, node, now):
     except OSError as error:
         run.log.warning("DISK: no I/O figures: %s", error)
         io_now = {}
-    io_before = stored_counters(run.state.load(DISKSTATS_STATE), "devices", run.log)
+    io_before = usable_baseline(run, DISKSTATS_STATE, "devices", now, "DISK: I/O baseline")
     if not io_before or not isinstance(io_before["devices"], dict):
         io_before = {"time": now, "devices": {}}
     run.after_delivery.append(lambda: run.state.save(DISKSTATS_STATE, {"time": now, "devices": io_now}))

@@ -1,8 +1,14 @@
 """host.py: /proc/diskstats parsing, counters across runs, missing mounts and corrupt state."""
+import collections
 import json
+import os
+import shutil
+import subprocess
+import sys
+import time
 
 import host
-from conftest import log_lines
+from conftest import COLLECTORS, collector_environment, log_lines, skip_or_fail
 
 TOKEN = "tok-host-5a1e"
 
@@ -43,7 +49,8 @@ def test_first_run_baselines_network_second_run_reports_it(run_collector, receiv
     assert receiver.kinds() == ["CPU", "DISK", "MEM"]
     second = run_host(run_collector, receiver, state)
     assert second.returncode == 0, second.stderr
-    cpu, memory, network, disk = receiver.documents[3:]
+    # Documents of one run may arrive in any order (several connections).
+    cpu, memory, network, disk = (receiver.of_kind(kind)[-1] for kind in ("CPU", "MEM", "NETWORK", "DISK"))
     assert isinstance(cpu["load"], float) and cpu["login_node"] == network["login_node"]
     assert 0 < memory["available"] <= memory["total"]
     assert network["kind"] == "NETWORK" and network["network"]["interval"] > 0
@@ -88,3 +95,150 @@ def test_shared_config_file_warns_only_about_names_no_collector_takes(run_collec
     assert warnings == ["WARNING:afmetrics:config file %s: unknown setting 'diks' ignored" % config]
     assert [d["mount"] for d in documents(tmp_path / "host.json") if d["kind"] == "DISK"] == ["/"]
     assert {d["cluster"] for d in documents(tmp_path / "host.json")} == {"SHARED"}
+
+
+# psutil.disk_partitions(all=True) of a login node, in /proc/self/mounts order.
+Partition = collections.namedtuple("Partition", "device mountpoint fstype opts")
+LOGIN_NODE_MOUNTS = [
+    Partition("/dev/mapper/rl-root", "/", "xfs", "rw"),
+    Partition("/dev/vda1", "/boot", "xfs", "rw"),
+    # systemd's automount points are listed before the file systems they mount on the same directory.
+    Partition("systemd-1", "/home", "autofs", "rw"),
+    Partition("nfs.example.org:/export/home", "/home", "nfs4", "rw"),
+    Partition("/dev/sdb1", "/data", "ext4", "rw"),
+    Partition("/dev/sdc1", "/data", "ext4", "rw"),  # mounted over /data later: what users see there
+    Partition("systemd-1", "/scratch", "autofs", "rw"),
+    Partition("/dev/mapper/rl-scratch", "/scratch", "xfs", "rw"),
+    Partition("tmpfs", "/scratch/tmp", "tmpfs", "rw"),
+]
+# /dev/mapper/NAME is a link to ../dm-N, the name /proc/diskstats counts under.
+DEVICE_LINKS = {"/dev/mapper/rl-root": "/dev/dm-0", "/dev/mapper/rl-scratch": "/dev/dm-2"}
+
+
+def test_device_of_is_the_visible_mount_by_its_diskstats_name():
+    def device_of(path):
+        return host.device_of(path, LOGIN_NODE_MOUNTS, realpath=lambda name: DEVICE_LINKS.get(name, name))
+    assert device_of("/home") == device_of("/home/alice") == "nfs.example.org:/export/home"
+    assert device_of("/data") == "sdc1"
+    assert device_of("/scratch") == device_of("/scratch/alice") == "dm-2"
+    assert device_of("/scratch/tmp/x") == "tmpfs"
+    assert device_of("/etc") == device_of("/") == device_of("/homes") == "dm-0"
+    assert device_of("/boot") == "vda1"
+    assert host.device_of("/home", []) == ""
+
+
+MIB = 1024 * 1024
+
+# Run in a private mount namespace: a 4 MiB tmpfs on $MOUNT and over it a 16 MiB ext2 image on a loop device,
+# mounted by a link's name as /dev/mapper/NAME -> ../dm-N is (a private tmpfs on /dev/shm holds the link),
+# then host.py twice with 2 MiB written between the runs.
+STACKED_MOUNTS = r"""
+mount -t tmpfs -o size=4m afmetrics-covered "$MOUNT"
+mount -o loop "$IMAGE" "$STAGE"
+device=$(awk -v stage="$STAGE" '$2 == stage {print $1}' /proc/self/mounts)
+mount -t tmpfs -o size=1m afmetrics-links /dev/shm
+mkdir /dev/shm/mapper
+ln -s "../../${device#/dev/}" /dev/shm/mapper/afmetrics-top
+mount --no-canonicalize /dev/shm/mapper/afmetrics-top "$MOUNT"
+umount "$STAGE"
+basename "$device" > "$DEVICE_FILE"
+[ "$#" -eq 0 ] && exit 0
+"$PYTHON" "$HOST" "$@"
+dd if=/dev/zero of="$MOUNT/written" bs=1M count=2 conv=fsync status=none
+"$PYTHON" "$HOST" "$@"
+"""
+
+
+def on_stacked_mounts(tmp_path, *host_args):
+    """Run STACKED_MOUNTS as root in a mount namespace of its own, which no mount outlives, with tmp_path
+    holding the mount point and the image; without host_args it only sets the mounts up."""
+    mount, stage, image = tmp_path / "mount", tmp_path / "stage", tmp_path / "ext2.img"
+    for directory in (mount, stage):
+        directory.mkdir(exist_ok=True)
+    if not image.exists():
+        with open(image, "wb") as handle:
+            handle.truncate(16 * MIB)
+        subprocess.run(["mkfs.ext2", "-q", "-F", str(image)], check=True, capture_output=True)
+    env = collector_environment({"AFMETRICS_TOKEN": TOKEN, "MOUNT": str(mount), "STAGE": str(stage),
+                                 "IMAGE": str(image), "DEVICE_FILE": str(tmp_path / "device"),
+                                 "PYTHON": sys.executable, "HOST": str(COLLECTORS / "host.py")})
+    return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-euc", STACKED_MOUNTS, "sh"]
+                          + [str(arg) for arg in host_args], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120, stdin=subprocess.DEVNULL)
+
+
+def test_stacked_mounts_report_the_top_mount(receiver, tmp_path):
+    if os.geteuid() != 0:
+        skip_or_fail("a private mount namespace with loop devices needs root")
+    missing = [tool for tool in ("unshare", "mount", "mkfs.ext2", "awk", "dd") if not shutil.which(tool)]
+    if missing:
+        skip_or_fail("not installed: %s" % " ".join(missing))
+    setup = on_stacked_mounts(tmp_path)
+    if setup.returncode != 0:
+        skip_or_fail("cannot stack a loop-mounted ext2 over a tmpfs here: %s" % setup.stderr.strip())
+    state = tmp_path / "state"
+    done = on_stacked_mounts(tmp_path, "-c", "UC-AF", "--disk", tmp_path / "mount", "--state-dir", state,
+                             *receiver.args())
+    assert done.returncode == 0, done.stderr
+    device = (tmp_path / "device").read_text().strip()
+    assert device.startswith("loop")
+    assert receiver.kinds() == ["CPU", "CPU", "DISK", "DISK", "MEM", "MEM", "NETWORK"]
+    first, second = receiver.of_kind("DISK")
+    assert first["device"] == second["device"] == device  # not afmetrics-covered, the tmpfs under it
+    assert 12 * MIB < first["total"] <= 16 * MIB  # the ext2 image's size, not the tmpfs's 4 MiB
+    assert "io" not in first  # the first run's baseline
+    assert second["io"]["write_bytes"] >= 2 * MIB and second["io"]["writes"] > 0
+
+
+def age_baselines(state, seconds):
+    """Make the stored NETWORK and DISK baselines seconds older, as after cron stopped for a while."""
+    for name in (host.NETWORK_STATE, host.DISKSTATS_STATE):
+        stored = json.loads((state / name).read_text())
+        stored["time"] -= seconds
+        (state / name).write_text(json.dumps(stored))
+
+
+TWO_DAYS = 2 * 86400
+
+
+def test_stale_reason():
+    assert host.stale_reason(1000.0, 1000.0 + 3600, 3600) is None
+    assert host.stale_reason(1000.0, 1000.0, 3600) is None
+    assert host.stale_reason(1000.0, 1000.0 + TWO_DAYS, 3600) == "is 48.0 h old, over baseline_max_age (3600 s)"
+    assert host.stale_reason(1000.0, 999.0, 3600) == "is from the future (the clock went back)"
+
+
+def test_baseline_older_than_baseline_max_age_is_replaced_not_reported(run_collector, receiver, tmp_path):
+    state = tmp_path / "state"
+    assert run_host(run_collector, receiver, state).returncode == 0
+    age_baselines(state, TWO_DAYS)
+    stale = run_host(run_collector, receiver, state, "-v")
+    assert stale.returncode == 0, stale.stderr
+    assert sorted(document["kind"] for document in receiver.documents[3:]) == ["CPU", "DISK", "MEM"]
+    assert "io" not in receiver.of_kind("DISK")[1]
+    assert [line for line in log_lines(stale.stderr) if "baseline" in line] == [
+        "INFO:host:NETWORK: baseline is 48.0 h old, over baseline_max_age (3600 s): new baseline stored, "
+        "first figures on the next run",
+        "INFO:host:DISK: I/O baseline is 48.0 h old, over baseline_max_age (3600 s): new baseline stored, "
+        "first figures on the next run"]
+    for name in (host.NETWORK_STATE, host.DISKSTATS_STATE):
+        assert time.time() - json.loads((state / name).read_text())["time"] < 60
+    fresh = run_host(run_collector, receiver, state)
+    assert fresh.returncode == 0, fresh.stderr
+    network, = receiver.of_kind("NETWORK")
+    assert 0 < network["network"]["interval"] < 60
+    disk = receiver.of_kind("DISK")[2]
+    if disk["device"] in host.parse_diskstats(open("/proc/diskstats").read()):  # not an overlay root
+        assert 0 < disk["io"]["interval"] < 60
+
+
+def test_baseline_max_age_option_allows_an_older_baseline(run_collector, receiver, tmp_path):
+    state = tmp_path / "state"
+    assert run_host(run_collector, receiver, state).returncode == 0
+    age_baselines(state, TWO_DAYS)
+    done = run_host(run_collector, receiver, state, "--baseline-max-age", 3 * 86400)
+    assert done.returncode == 0, done.stderr
+    network, = receiver.of_kind("NETWORK")
+    assert TWO_DAYS < network["network"]["interval"] < TWO_DAYS + 60
+    refused = run_host(run_collector, receiver, state, "--baseline-max-age", "-1")
+    assert refused.returncode == 2 and "--baseline-max-age: invalid non_negative_number value" in refused.stderr
