@@ -55,11 +55,16 @@ def certificate_authority():
     return trustme.CA()
 
 
+def write_ca_file(ca, tmp_path_factory, name):
+    """The CA's certificate as a PEM file, for a client's --ca-bundle or a kubeconfig."""
+    path = tmp_path_factory.mktemp("ca") / name
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def ca_file(certificate_authority, tmp_path_factory):
-    path = tmp_path_factory.mktemp("ca") / "ca.pem"
-    certificate_authority.cert_pem.write_to_path(str(path))
-    return str(path)
+    return write_ca_file(certificate_authority, tmp_path_factory, "ca.pem")
 
 
 @pytest.fixture

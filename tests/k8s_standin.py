@@ -27,6 +27,8 @@ import uuid
 import pytest
 import trustme
 
+from conftest import write_ca_file
+
 _LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?%s$" % _LABEL_NAME)
 _LABEL_VALUE = re.compile(r"^(%s)?$" % _LABEL_NAME)
@@ -294,9 +296,7 @@ def kubernetes_ca():
 
 @pytest.fixture(scope="session")
 def kubernetes_ca_file(kubernetes_ca, tmp_path_factory):
-    path = tmp_path_factory.mktemp("kubernetes-ca") / "ca.crt"
-    kubernetes_ca.cert_pem.write_to_path(str(path))
-    return str(path)
+    return write_ca_file(kubernetes_ca, tmp_path_factory, "ca.crt")
 
 
 @pytest.fixture
