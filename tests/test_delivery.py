@@ -8,7 +8,7 @@ import pytest
 
 import afmetrics_privacy
 import utmp
-from conftest import log_lines
+from conftest import json_lines, log_lines
 
 TOKEN, SALT = "tok-3f9a1c77e2", "salt-b71d0c"
 
@@ -90,8 +90,7 @@ def test_failed_delivery_is_spooled_and_sent_first_next_run(run_collector, recei
                       "ERROR:host:3 document(s) not delivered (%s answered HTTP 500): kept for the next run"
                       % receiver.url]
     assert receiver.documents == []
-    spooled = [json.loads(line) for name in ("spool-ssh.jsonl", "spool-host.jsonl")
-               for line in (state / name).read_text().splitlines()]
+    spooled = [document for name in ("spool-ssh.jsonl", "spool-host.jsonl") for document in json_lines(state / name)]
     assert [d["kind"] for d in spooled] == ["ssh", "CPU", "MEM", "DISK"]
     assert all("token" not in d and isinstance(d["timestamp"], int) for d in spooled)
 

@@ -23,7 +23,7 @@ import afmetrics_common as common
 import afmetrics_delivery
 import afmetrics_privacy
 import utmp
-from conftest import COLLECTORS, collector_environment, log_lines
+from conftest import COLLECTORS, collector_environment, json_lines, log_lines
 
 TOKEN = "tok-5e1d2a9c40"
 COLLECTED_SSH = {"kind": "ssh", "cluster": "UC-AF", "login_node": afmetrics_privacy.fully_qualified_hostname(),
@@ -58,8 +58,7 @@ def problems(done):
 
 
 def spooled(state):
-    return [json.loads(line) for name in SPOOLS if (state / name).exists()
-            for line in (state / name).read_text().splitlines()]
+    return [document for name in SPOOLS for document in json_lines(state / name)]
 
 
 def without_timestamp(document):

@@ -8,13 +8,9 @@ import sys
 import time
 
 import host
-from conftest import COLLECTORS, collector_environment, log_lines, skip_or_fail
+from conftest import COLLECTORS, collector_environment, json_lines, log_lines, skip_or_fail
 
 TOKEN = "tok-host-5a1e"
-
-
-def documents(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_parse_real_diskstats():
@@ -69,7 +65,7 @@ def test_missing_mount_is_a_warning_and_others_are_reported(run_collector, tmp_p
                          tmp_path / "state", cwd=tmp_path)
     assert done.returncode == 0
     assert "WARNING:host:DISK /no/such/mount not reported: No such file or directory" in log_lines(done.stderr)
-    assert [d["mount"] for d in documents(tmp_path / "host.json") if d["kind"] == "DISK"] == ["/"]
+    assert [d["mount"] for d in json_lines(tmp_path / "host.json") if d["kind"] == "DISK"] == ["/"]
 
 
 def test_corrupt_state_is_a_fresh_start(run_collector, receiver, tmp_path):
@@ -93,8 +89,8 @@ def test_shared_config_file_warns_only_about_names_no_collector_takes(run_collec
     assert done.returncode == 0
     warnings = [line for line in log_lines(done.stderr) if line.startswith("WARNING")]
     assert warnings == ["WARNING:afmetrics:config file %s: unknown setting 'diks' ignored" % config]
-    assert [d["mount"] for d in documents(tmp_path / "host.json") if d["kind"] == "DISK"] == ["/"]
-    assert {d["cluster"] for d in documents(tmp_path / "host.json")} == {"SHARED"}
+    assert [d["mount"] for d in json_lines(tmp_path / "host.json") if d["kind"] == "DISK"] == ["/"]
+    assert {d["cluster"] for d in json_lines(tmp_path / "host.json")} == {"SHARED"}
 
 
 # psutil.disk_partitions(all=True) of a login node, in /proc/self/mounts order.

@@ -9,7 +9,7 @@ import socket
 import pytest
 import requests
 
-from conftest import log_lines
+from conftest import json_lines, log_lines
 from k8s_standin import parse_label_selector, SelectorError
 
 READER = "reader-token-7f3a"  # may list pods in both namespaces
@@ -47,7 +47,7 @@ def api(kubernetes_api):
 
 
 def debug_documents(directory):
-    return [json.loads(line) for line in (directory / "jupyter.json").read_text().splitlines()]
+    return json_lines(directory / "jupyter.json")
 
 
 def the_error(done):

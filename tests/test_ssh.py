@@ -68,7 +68,7 @@ def test_ssh_document_in_debug_mode(run_collector, utmp_file, tmp_path):
     done = run_collector("ssh.py", "-d", "-c", "UC-AF", "--utmp", utmp_file, "--state-dir", tmp_path / "state",
                          cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    [document] = [json.loads(line) for line in (tmp_path / "ssh.json").read_text().splitlines()]
+    [document] = json_lines(tmp_path / "ssh.json")
     assert document["kind"] == "ssh" and document["cluster"] == "UC-AF" and document["token"] == ""
     assert document["users"] == ["a_very_long_username", "alice", "bob"]
     assert document["ssh_user_count"] == 3
