@@ -176,12 +176,12 @@ def collect_and_deliver(module, opts, users, delivery, deadline):
         run.log.warning("previous %s run still going: this run skipped", module.NAME)
         return EXIT_OK
     with lock:
-        kept = deliver_with_spool(run, collection, delivery, replaced_by_next_run(module))
+        delivered = deliver_with_spool(run, collection, delivery, replaced_by_next_run(module))
         if collection.complete:
             run.log.info("collected %d document(s)", collection.count)
-        if kept is None:
+        if delivered is None:
             return EXIT_FAILED
-        status = EXIT_OK if kept and not collection.failed else EXIT_FAILED
+        status = EXIT_OK if delivered and not collection.failed else EXIT_FAILED
         if collection.complete:
             for commit in run.after_delivery:
                 try:
