@@ -3,12 +3,14 @@
 resolve_settings() merges them in the order SPEC.md gives (command line > environment > file > default) and
 raises UsageError with one line for anything it cannot use; nothing here runs a collector.
 """
+import argparse
 import collections
 import configparser
 import logging
 import math
 import os
 import re
+import ssl
 
 __version__ = "1.0.0"
 
@@ -25,7 +27,9 @@ class UsageError(Exception):
 
 # One table drives the config file, the environment (AFMETRICS_<NAME>) and the defaults, so the three
 # can never disagree about a name or a type. The command line fills the same names through argparse.
-Setting = collections.namedtuple("Setting", "name kind default")
+# An empty AFMETRICS_<NAME> is unset (VAR= left by a template or a unit file must not wipe the file's token),
+# except where empty_is_choice: there '' is a value of its own (log_file '' logs to stderr only).
+Setting = collections.namedtuple("Setting", "name kind default empty_is_choice", defaults=(False,))
 
 
 def _words(text):
@@ -60,11 +64,12 @@ def _default_state_dir():
     return os.path.join(base, "afmetrics")
 
 
-PARSERS = {"str": str, "int": int, "number": non_negative_number, "bool": _boolean, "words": _words,
+# "secret": a string that must never show in a log line or in ps.
+PARSERS = {"str": str, "secret": str, "int": int, "number": non_negative_number, "bool": _boolean, "words": _words,
            "lines": _lines}
 
 COMMON_SETTINGS = [
-    Setting("token", "str", ""),
+    Setting("token", "secret", ""),
     Setting("cluster", "str", ""),
     Setting("url", "str", "https://af.atlas-ml.org/"),
     Setting("ca_bundle", "str", ""),
@@ -78,11 +83,11 @@ COMMON_SETTINGS = [
     Setting("gzip", "bool", False),
     Setting("connections", "int", 10),
     Setting("obfuscate_users", "bool", False),
-    Setting("salt", "str", ""),
+    Setting("salt", "secret", ""),
     Setting("obfuscate_hosts", "str", ""),
     Setting("group", "str", ""),
     Setting("verbose", "int", 0),
-    Setting("log_file", "str", DEFAULT_LOG_FILE),
+    Setting("log_file", "str", DEFAULT_LOG_FILE, empty_is_choice=True),
     Setting("debug", "bool", False),
 ]
 
@@ -133,7 +138,8 @@ def add_common_arguments(parser):
         help="report host names as 'atlas' + their digits + '.DOMAIN'")
     add("-g", "--group", help="keep only users whose primary or supplementary groups include GROUP")
     add("--config", metavar="PATH",
-        help="INI config file (default $AFMETRICS_CONFIG, else %s when present)" % DEFAULT_CONFIG)
+        help="INI config file (default $AFMETRICS_CONFIG, else %s when present); '' = no config file, "
+             "as AFMETRICS_CONFIG='' is" % DEFAULT_CONFIG)
     add("--log-file", metavar="PATH",
         help="append logs here (default %s when its directory exists; '' = stderr only)" % DEFAULT_LOG_FILE)
     add("--state-dir", metavar="DIR",
@@ -147,6 +153,8 @@ def add_common_arguments(parser):
     add("--run-budget", metavar="SECONDS", type=non_negative_number,
         help="time the whole run may take, every collector's commands and delivery, so that it ends before the "
              "next cron run (default 240)")
+    add("--gzip", action="store_true", default=None,
+        help="send request bodies gzip-compressed (the endpoint must take Content-Encoding: gzip)")
     add("--version", action="version", version="afmetrics " + __version__)
 
 
@@ -177,37 +185,130 @@ def read_config_file(path, explicit):
     return values
 
 
+def add_negations(parser, settings):
+    """Give the flag of each boolean setting a --no- form (-d, --debug: also --no-debug), so that the command
+    line can turn off what the environment or the config file turns on. Collectors declare their flags as
+    plain store_true; a flag that already has its --no- form is left alone, so calling this twice is harmless.
+    """
+    booleans = {setting.name for setting in settings if setting.kind == "bool"}
+    # argparse has no public way to list a parser's options; its groups keep the --no- form beside the flag
+    # in --help.
+    for group in parser._action_groups:
+        for action in list(group._group_actions):
+            long_flags = [flag for flag in action.option_strings if flag.startswith("--")]
+            if action.dest not in booleans or action.nargs != 0 or not long_flags:
+                continue
+            negation = "--no-" + long_flags[0][2:]
+            if negation not in parser._option_string_actions:
+                group.add_argument(negation, dest=action.dest, action="store_false", default=None,
+                                   help="turn %s off" % ", ".join(action.option_strings))
+
+
+def config_file(given):
+    """(path, explicit) of the config file from --config (None when not given), else $AFMETRICS_CONFIG, else
+    the default. An empty path from either means no config file: the one way to keep the default file out.
+    explicit: a missing file is an error rather than "no file"."""
+    path = os.environ.get("AFMETRICS_CONFIG") if given is None else given
+    if path is None:
+        return DEFAULT_CONFIG, False
+    return path, bool(path)
+
+
+def parse_value(setting, origin, raw):
+    """The setting's value from its text in origin (a variable or the config file), or a UsageError."""
+    try:
+        return PARSERS[setting.kind](raw)
+    except ValueError as error:
+        raise UsageError("%s: bad value for %s: %r (%s)" % (origin, setting.name, raw, error))
+
+
+def configured_value(setting, config_path, file_values):
+    """The setting from the environment, else the config file, else its default; an empty variable is unset
+    unless setting.empty_is_choice."""
+    env_name = "AFMETRICS_" + setting.name.upper()
+    from_env = os.environ.get(env_name)
+    if from_env is not None and (from_env or setting.empty_is_choice):
+        return parse_value(setting, "$" + env_name, from_env)
+    if setting.name in file_values:
+        return parse_value(setting, config_path, file_values[setting.name])
+    return setting.default
+
+
+def command_line_value(setting, given):
+    """What argparse parsed for a setting, read as the config file reads it: each --disk a,b or
+    --exclude-owner a,b is a list of words. A "lines" setting's option (-q, --service) is one line each:
+    a queue constraint may hold commas."""
+    if setting.kind == "words":
+        return [word for value in given for word in _words(value)]
+    return given
+
+
+def check_ca_bundle(path):
+    """A CA bundle that cannot be loaded would fail every delivery: a UsageError naming it instead."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+    except ssl.SSLError:  # before OSError, of which it is one
+        raise UsageError("ca_bundle %s: no PEM certificate in it" % path)
+    except OSError as error:
+        raise UsageError("ca_bundle %s: %s" % (path, error.strerror))
+
+
 def resolve_settings(parser, settings, argv=None):
-    """Parse argv and merge it with environment, config file and defaults (in that order of precedence)."""
+    """Parse argv and merge it with environment, config file and defaults (in that order of precedence).
+
+    Every setting of settings is an attribute of the result; a value nothing can use (a bad number, a config
+    file that is missing or broken, a CA bundle a real run could not load) is a UsageError.
+    """
+    add_negations(parser, settings)
     args = parser.parse_args(argv)
-    # An empty AFMETRICS_CONFIG means "no config file", even where the default one exists.
-    config_path = args.config or os.environ.get("AFMETRICS_CONFIG", DEFAULT_CONFIG)
-    explicit = bool(args.config or os.environ.get("AFMETRICS_CONFIG"))
+    config_path, explicit = config_file(args.config)
     file_values = read_config_file(config_path, explicit) if config_path else {}
     for key in sorted(set(file_values) - CONFIG_FILE_NAMES):
         log.warning("config file %s: unknown setting %r ignored", config_path, key)
     for setting in settings:
         given = getattr(args, setting.name, None)
-        if given is not None:
-            continue
-        env_name = "AFMETRICS_" + setting.name.upper()
-        for origin, raw in (("$" + env_name, os.environ.get(env_name)), (config_path, file_values.get(setting.name))):
-            if raw is None:
-                continue
-            try:
-                given = PARSERS[setting.kind](raw)
-            except ValueError as error:
-                raise UsageError("%s: bad value for %s: %r (%s)" % (origin, setting.name, raw, error))
-            break
-        setattr(args, setting.name, setting.default if given is None else given)
+        setattr(args, setting.name, configured_value(setting, config_path, file_values) if given is None
+                else command_line_value(setting, given))
     args.state_dir = args.state_dir or _default_state_dir()
+    if args.ca_bundle and not args.debug:
+        check_ca_bundle(args.ca_bundle)
     return args
 
 
-def warn_about_visible_secrets(argv):
-    """The seed documents -t and -z, but a command line is readable by every user through ps."""
-    for flags, what in ((("-t", "--token"), "token"), (("-z", "--salt"), "salt")):
-        if any(arg in flags or arg.startswith(tuple(flag + "=" for flag in flags)) for arg in argv):
-            log.warning("the %s was given on the command line, which every user sees in ps: "
-                        "put it in the config file or AFMETRICS_%s instead", what, what.upper())
+class _Probe(argparse.ArgumentParser):
+    """A parser of the common options that raises ValueError where argparse would print usage and exit."""
 
+    def error(self, message):
+        raise ValueError(message)
+
+
+def secrets_on_command_line(argv):
+    """Names of the secret settings (token, salt) that argparse takes from argv, a command line the script's
+    parser accepted: bundled short flags (-dtTOKEN) and abbreviations (--tok=TOKEN, --sal SALT) count, a value
+    that only looks like one (--cluster=-tx) does not.
+
+    The caller has argv alone, so each argument is read on its own (or with the next one, where it needs
+    that) by a parser of the common options only: an argument it cannot read (-ds, -s being the umbrella's)
+    holds no common option, and a secret bundled behind a collector's own flag (ssh.py -St TOKEN) is not seen.
+    """
+    probe = _Probe(add_help=False)
+    add_common_arguments(probe)
+    found = set()
+    for index in range(len(argv)):
+        for arguments in (argv[index:index + 1], argv[index:index + 2]):
+            try:
+                given, _ = probe.parse_known_args(arguments)
+            except ValueError:
+                continue
+            found.update(setting.name for setting in COMMON_SETTINGS
+                         if setting.kind == "secret" and getattr(given, setting.name) is not None)
+            break
+    return [setting.name for setting in COMMON_SETTINGS if setting.name in found]
+
+
+def warn_about_visible_secrets(argv):
+    """The seed documents -t and -z, but a command line is readable by every user through ps: warn, naming
+    the setting and never its value."""
+    for name in secrets_on_command_line(argv):
+        log.warning("the %s was given on the command line, which every user sees in ps: "
+                    "put it in the config file or AFMETRICS_%s instead", name, name.upper())

@@ -1,4 +1,5 @@
-"""afmetrics_common: obfuscation as the seed does it, settings precedence, config errors, group filter, state."""
+"""afmetrics_common and its helpers: obfuscation as the seed does it, group filter, state, commands (settings:
+test_settings.py)."""
 import argparse
 import logging
 import os
@@ -8,7 +9,6 @@ import pytest
 
 import afmetrics_common as common
 import afmetrics_privacy
-import afmetrics_settings
 import afmetrics_state
 
 MD5_ALICE = subprocess.run("printf alice | md5sum", shell=True, capture_output=True, text=True).stdout[:32]
@@ -28,74 +28,6 @@ def test_host_obfuscation_matches_seed_example():
     assert afmetrics_privacy.obfuscate_host("login01", "bnl.gov") == "atlas01.bnl.gov"
     # Only the short name's digits count: a digit in the domain must not leak in.
     assert afmetrics_privacy.obfuscate_host("login2.af9.example", "x.org") == "atlas2.x.org"
-
-
-def parser_with(settings):
-    parser = argparse.ArgumentParser()
-    afmetrics_settings.add_common_arguments(parser)
-    return parser, afmetrics_settings.COMMON_SETTINGS + settings
-
-
-def write_config(path, text, mode=0o640):
-    path.write_text("[afmetrics]\n" + text)
-    path.chmod(mode)
-    return path
-
-
-def test_precedence_command_line_then_environment_then_file_then_default(tmp_path, monkeypatch):
-    config = write_config(tmp_path / "a.conf", "cluster = FROM-FILE\nurl = https://file/\ntoken = t-file\n"
-                                               "timeout = 7\n")
-    monkeypatch.setenv("AFMETRICS_URL", "https://env/")
-    monkeypatch.setenv("AFMETRICS_TOKEN", "t-env")
-    parser, settings = parser_with([])
-    opts = afmetrics_settings.resolve_settings(parser, settings, ["--config", str(config), "-t", "t-cli"])
-    assert (opts.token, opts.url, opts.cluster, opts.timeout) == ("t-cli", "https://env/", "FROM-FILE", 7.0)
-    assert opts.send_budget == 120.0 and opts.obfuscate_users is False
-
-
-def test_config_types_lists_and_booleans(tmp_path, monkeypatch):
-    config = write_config(tmp_path / "a.conf", "obfuscate_users = yes\nqueues =\n    all:\n"
-                                               "    short:queue==\"short\"\nexclude_owners = a, b c\n")
-    monkeypatch.setenv("AFMETRICS_CONFIG", str(config))
-    parser, settings = parser_with([afmetrics_settings.Setting("queues", "lines", []),
-                                    afmetrics_settings.Setting("exclude_owners", "words", [])])
-    opts = afmetrics_settings.resolve_settings(parser, settings, [])
-    assert opts.obfuscate_users is True
-    assert opts.queues == ["all:", 'short:queue=="short"']
-    assert opts.exclude_owners == ["a", "b", "c"]
-
-
-@pytest.mark.parametrize("text, message", [
-    ("[afmetrics\ntoken = x\n", "cannot read config file .*bad.conf: MissingSectionHeaderError at line 1$"),
-    ("[afmetrics]\ntoken = x\n  \nnot a pair\n", "bad.conf: ParsingError at line 4$"),
-    ("[other]\ntoken = x\n", r"bad.conf has no \[afmetrics\] section"),
-    ("[afmetrics]\ntimeout = soon\n", "bad.conf: bad value for timeout: 'soon'"),
-    ("[afmetrics]\ndebug = maybe\n", "bad.conf: bad value for debug: 'maybe'"),
-    ("\xff\xfe", "cannot read config file .*bad.conf: not UTF-8 text$"),
-])
-def test_bad_config_is_a_usage_error_naming_the_problem(tmp_path, text, message):
-    config = tmp_path / "bad.conf"
-    config.write_bytes(text.encode("latin-1"))
-    parser, settings = parser_with([])
-    with pytest.raises(common.UsageError, match=message):
-        afmetrics_settings.resolve_settings(parser, settings, ["--config", str(config)])
-
-
-def test_explicit_missing_config_file_is_an_error(tmp_path):
-    parser, settings = parser_with([])
-    with pytest.raises(common.UsageError, match="does not exist"):
-        afmetrics_settings.resolve_settings(parser, settings, ["--config", str(tmp_path / "nope.conf")])
-
-
-def test_world_readable_token_and_unknown_keys_warn(tmp_path, caplog):
-    config = write_config(tmp_path / "open.conf", "token = t0ps3cret\ncluser = typo\n", mode=0o644)
-    parser, settings = parser_with([])
-    with caplog.at_level(logging.WARNING):
-        afmetrics_settings.resolve_settings(parser, settings, ["--config", str(config)])
-    text = caplog.text
-    assert "every user can read it: chmod o-r %s" % config in text
-    assert "unknown setting 'cluser'" in text
-    assert "t0ps3cret" not in text
 
 
 @pytest.fixture(scope="module")

@@ -123,8 +123,9 @@ def test_obfuscation_hides_condor_owners(version, monkeypatch, tmp_path):
                "condor_history": "".join("%s %s %s 4 1.0 %d %d\n" % (row[0], row[1], row[2], now, now)
                                          for row in history)}
     monkeypatch.setattr(common, "run_command", lambda argv, timeout: replies[argv[0]])
-    opts = types.SimpleNamespace(obfuscate_users=True, salt=SALT, group="", obfuscate_hosts="bnl.gov", queues=["all:"],
-                                 exclude_owners=[], timeout=60, state_dir=str(tmp_path))
+    defaults = {setting.name: setting.default for setting in afmetrics_settings.COMMON_SETTINGS + condor.SETTINGS}
+    opts = types.SimpleNamespace(**dict(defaults, obfuscate_users=True, salt=SALT, obfuscate_hosts="bnl.gov",
+                                        queues=["all:"], state_dir=str(tmp_path)))
     users = afmetrics_privacy.UserFilter(opts, common.log)
     documents = list(condor.collect(common.Run(condor.NAME, opts, users, math.inf)))
     owners = {row[0] for row in queue + history}

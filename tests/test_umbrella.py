@@ -3,6 +3,8 @@ import fcntl
 import json
 import socket
 
+import pytest
+
 import afmetrics_common as common
 import afmetrics_privacy
 import utmp
@@ -29,6 +31,9 @@ def test_seed_debug_command_line(run_collector, tmp_path):
     assert "ERROR:jupyter:cannot load in-cluster config (no KUBECONFIG set): Service host/port is not set." in lines
     assert any(line.startswith("DEBUG:") for line in lines)  # -vv
     assert "WARNING:afmetrics:group atlas does not exist on this host: every user is left out" in lines
+    for secret in ("token", "salt"):  # the seed's -t and -z still work, with a warning
+        assert ("WARNING:afmetrics:the %s was given on the command line, which every user sees in ps: put it in "
+                "the config file or AFMETRICS_%s instead" % (secret, secret.upper())) in lines
     assert TOKEN not in log_file.read_text() and SALT not in log_file.read_text()
 
     node = afmetrics_privacy.obfuscate_host(socket.gethostname(), "bnl.gov")
@@ -39,6 +44,18 @@ def test_seed_debug_command_line(run_collector, tmp_path):
     assert [d["kind"] for d in host][:2] == ["CPU", "MEM"]
     assert all(d["login_node"] == node and d["token"] == "***" for d in host)
     assert not (tmp_path / "condor.json").exists() and not (tmp_path / "jupyter.json").exists()
+
+
+@pytest.mark.parametrize("in_file, switches, runs_last", [("false", ["-dsS"], True), ("true", ["-ds"], True),
+                                                         ("true", ["-ds", "--no-ssh-history"], False)])
+def test_bundled_short_flags_and_no_forms(in_file, switches, runs_last, run_collector, sessions, tmp_path):
+    config = tmp_path / "a.conf"
+    config.write_text("[afmetrics]\nssh_history = %s\n" % in_file)
+    done = run_collector("afmetrics_collector", "-vv", *switches, "--config", config, "--utmp", sessions,
+                         "--wtmp", tmp_path / "wtmp", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert any(line.startswith("DEBUG:ssh:running last ") for line in log_lines(done.stderr)) is runs_last
+    assert (tmp_path / "ssh.json").exists()
 
 
 def test_per_script_run_without_a_token_writes_debug_file(run_collector, tmp_path):
