@@ -191,8 +191,8 @@ def add_negations(parser, settings):
     plain store_true; a flag that already has its --no- form is left alone, so calling this twice is harmless.
     """
     booleans = {setting.name for setting in settings if setting.kind == "bool"}
-    # argparse has no public way to list a parser's options; its groups keep the --no- form beside the flag
-    # in --help.
+    # argparse has no public way to list a parser's options. A group's list is also its --help order: the
+    # --no- form goes right after its flag.
     for group in parser._action_groups:
         for action in list(group._group_actions):
             long_flags = [flag for flag in action.option_strings if flag.startswith("--")]
@@ -200,8 +200,10 @@ def add_negations(parser, settings):
                 continue
             negation = "--no-" + long_flags[0][2:]
             if negation not in parser._option_string_actions:
-                group.add_argument(negation, dest=action.dest, action="store_false", default=None,
-                                   help="turn %s off" % ", ".join(action.option_strings))
+                added = group.add_argument(negation, dest=action.dest, action="store_false", default=None,
+                                           help="turn %s off" % ", ".join(action.option_strings))
+                group._group_actions.remove(added)
+                group._group_actions.insert(group._group_actions.index(action) + 1, added)
 
 
 def config_file(given):

@@ -145,9 +145,11 @@ def test_empty_config_path_means_no_config_file(how, tmp_path, monkeypatch):
     assert opts.cluster == ""
 
 
-def test_config_help_says_how_to_read_no_config_file(run_collector):
-    helped = run_collector("host.py", "--help")
-    assert "'' = no config file" in " ".join(helped.stdout.split())
+def test_help_says_how_to_read_no_config_file_and_how_to_turn_a_switch_off(run_collector):
+    helped = " ".join(run_collector("ssh.py", "--help").stdout.split())
+    assert "--config PATH INI config file (default $AFMETRICS_CONFIG, else /etc/afmetrics/afmetrics.conf when " \
+           "present); '' = no config file" in helped
+    assert "--no-ssh-history turn -S, --ssh-history off" in helped and "--no-gzip turn --gzip off" in helped
 
 
 def test_empty_token_and_disks_variables_leave_the_config_file_in_charge(run_collector, receiver, tmp_path):
