@@ -29,9 +29,11 @@ run: $(STAMP)
 	elif [ -f "$$HOME/.kube/config" ]; then flags="$$flags -j"; kube="$$HOME/.kube/config"; \
 	elif [ -n "$${KUBERNETES_SERVICE_HOST:-}" ] && [ -f "$(KUBERNETES_SERVICEACCOUNT)/token" ]; then \
 	    flags="$$flags -j"; sa="$(KUBERNETES_SERVICEACCOUNT)"; \
-	else echo "make run: jupyter skipped: no kubeconfig (\$$KUBECONFIG, ~/.kube/config) and no in-cluster service account"; fi; \
+	else echo "make run: jupyter skipped: no kubeconfig (\$$KUBECONFIG, ~/.kube/config)" \
+	    "and no in-cluster service account"; fi; \
 	mkdir -p "$(RUN_DIR)" && cd "$(RUN_DIR)" && \
-	echo "make run: afmetrics_collector -d -v $$flags$${kube:+ --kubeconfig $$kube}$${sa:+ --serviceaccount-dir $$sa} --state-dir state, in $(RUN_DIR)/" && \
+	echo "make run: afmetrics_collector -d -v $$flags$${kube:+ --kubeconfig $$kube}" \
+	    "$${sa:+--serviceaccount-dir $$sa }--state-dir state, in $(RUN_DIR)/" && \
 	"$(abspath $(PY))" "$(CURDIR)/collectors/afmetrics_collector" -d -v $$flags \
 	    $${kube:+--kubeconfig "$$kube"} $${sa:+--serviceaccount-dir "$$sa"} --state-dir state
 
