@@ -254,7 +254,7 @@ def main(modules, parser, settings, argv=None):
     try:
         opts = resolve_settings(parser, settings, argv)
         setup_logging(opts.verbose, opts.log_file)
-        warn_about_visible_secrets(argv)
+        warn_about_visible_secrets(opts)
         selected = modules(opts) if callable(modules) else modules
         for module in selected:
             if hasattr(module, "validate"):

@@ -3,7 +3,6 @@
 resolve_settings() merges them in the order SPEC.md gives (command line > environment > file > default) and
 raises UsageError with one line for anything it cannot use; nothing here runs a collector.
 """
-import argparse
 import collections
 import configparser
 import logging
@@ -267,6 +266,9 @@ def resolve_settings(parser, settings, argv=None):
     file_values = read_config_file(config_path, explicit) if config_path else {}
     for key in sorted(set(file_values) - CONFIG_FILE_NAMES):
         log.warning("config file %s: unknown setting %r ignored", config_path, key)
+    # What argparse itself took from the command line, bundles (-dtTOKEN) and abbreviations (--tok=) included.
+    args.command_line_secrets = [setting.name for setting in settings
+                                 if setting.kind == "secret" and getattr(args, setting.name, None) is not None]
     for setting in settings:
         given = getattr(args, setting.name, None)
         setattr(args, setting.name, configured_value(setting, config_path, file_values) if given is None
@@ -277,40 +279,9 @@ def resolve_settings(parser, settings, argv=None):
     return args
 
 
-class _Probe(argparse.ArgumentParser):
-    """A parser of the common options that raises ValueError where argparse would print usage and exit."""
-
-    def error(self, message):
-        raise ValueError(message)
-
-
-def secrets_on_command_line(argv):
-    """Names of the secret settings (token, salt) that argparse takes from argv, a command line the script's
-    parser accepted: bundled short flags (-dtTOKEN) and abbreviations (--tok=TOKEN, --sal SALT) count, a value
-    that only looks like one (--cluster=-tx) does not.
-
-    The caller has argv alone, so each argument is read on its own (or with the next one, where it needs
-    that) by a parser of the common options only: an argument it cannot read (-ds, -s being the umbrella's)
-    holds no common option, and a secret bundled behind a collector's own flag (ssh.py -St TOKEN) is not seen.
-    """
-    probe = _Probe(add_help=False)
-    add_common_arguments(probe)
-    found = set()
-    for index in range(len(argv)):
-        for arguments in (argv[index:index + 1], argv[index:index + 2]):
-            try:
-                given, _ = probe.parse_known_args(arguments)
-            except ValueError:
-                continue
-            found.update(setting.name for setting in COMMON_SETTINGS
-                         if setting.kind == "secret" and getattr(given, setting.name) is not None)
-            break
-    return [setting.name for setting in COMMON_SETTINGS if setting.name in found]
-
-
-def warn_about_visible_secrets(argv):
+def warn_about_visible_secrets(opts):
     """The seed documents -t and -z, but a command line is readable by every user through ps: warn, naming
     the setting and never its value."""
-    for name in secrets_on_command_line(argv):
+    for name in opts.command_line_secrets:
         log.warning("the %s was given on the command line, which every user sees in ps: "
                     "put it in the config file or AFMETRICS_%s instead", name, name.upper())
