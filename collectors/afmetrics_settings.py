@@ -71,6 +71,7 @@ COMMON_SETTINGS = [
     Setting("token", "secret", ""),
     Setting("cluster", "str", ""),
     Setting("url", "str", "https://af.atlas-ml.org/"),
+    Setting("proxy", "str", ""),
     Setting("ca_bundle", "str", ""),
     Setting("state_dir", "str", None),
     Setting("timeout", "number", 60.0),
@@ -83,7 +84,9 @@ COMMON_SETTINGS = [
     Setting("connections", "int", 10),
     Setting("obfuscate_users", "bool", False),
     Setting("salt", "secret", ""),
+    Setting("user_hash", "str", "md5"),
     Setting("obfuscate_hosts", "str", ""),
+    Setting("login_node", "str", ""),
     Setting("group", "str", ""),
     Setting("verbose", "int", 0),
     Setting("log_file", "str", DEFAULT_LOG_FILE, empty_is_choice=True),
@@ -127,14 +130,20 @@ def add_common_arguments(parser):
     add("-t", "--token", help="endpoint token (prefer the config file or AFMETRICS_TOKEN: visible in ps)")
     add("-c", "--cluster", help="cluster name put in every document, e.g. UC-AF")
     add("-u", "--url", help="endpoint URL (default https://af.atlas-ml.org/)")
+    add("--proxy", metavar="URL",
+        help="HTTP proxy for the endpoint (default $HTTPS_PROXY/$https_proxy and $NO_PROXY, as requests reads them)")
     add("-d", "--debug", action="store_true", default=None,
         help="write documents as JSON Lines to NAME.json in the current directory instead of sending")
     add("-v", "--verbose", action="count", default=None, help="-v info, -vv debug logging")
     add("-o", "--obfuscate-users", action="store_true", default=None,
         help="replace user names by the last 8 hex digits of MD5(salt + name)")
     add("-z", "--salt", help="salt for user obfuscation (prefer the config file or AFMETRICS_SALT)")
+    add("--user-hash", choices=("md5", "sha256"),
+        help="hash of -o: md5 (last 8 hex digits, as the old README says; default) or sha256 (first 8, what "
+             "the old tool's code sends)")
     add("-O", "--obfuscate-hosts", metavar="DOMAIN",
         help="report host names as 'atlas' + their digits + '.DOMAIN'")
+    add("--login-node", metavar="NAME", help="the node name to report (default the host name)")
     add("-g", "--group", help="keep only users whose primary or supplementary groups include GROUP")
     add("--config", metavar="PATH",
         help="INI config file (default $AFMETRICS_CONFIG, else %s when present); '' = no config file, "
