@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""HTCondor: one condorqueue document per configured queue (-q NAME:CONSTRAINT) and one condorjob
-document per job in the queue, plus each finished or removed job from condor_history exactly once.
+"""HTCondor: one condorqueue document per configured queue (-q NAME:CONSTRAINT), one condorjob document per
+job in the queue, and each finished or removed job exactly once, from the queue or from condor_history,
+whichever sees it first.
 
 Example: python3 collectors/condor.py -d -v -q all: -q 'short:queue=="short"'
 """
 import itertools
 import math
+import re
 import sys
 import time
 
@@ -17,6 +19,8 @@ JOB_STATES = {0: "unexpanded", 1: "idle", 2: "running", 3: "removed", 4: "finish
               6: "transferring_output", 7: "suspended"}
 # States in which a job holds a slot (condor_q -run lists these) and its run time keeps growing.
 HOLDS_SLOT = {2, 6, 7}
+# Removed and finished: reported once, although a job can stay queued in them (leave_in_queue, -spool).
+ENDED = {3, 4}
 QUEUE_ATTRS = ["JobStatus", "CpusProvisioned", "MemoryProvisioned"]
 JOB_ATTRS = ["Owner", "ClusterId", "ProcId", "RemoteWallClockTime", "JobCurrentStartDate", "ServerTime"] + QUEUE_ATTRS
 # A row without these cannot become a document.
@@ -25,6 +29,10 @@ HISTORY_ATTRS = ["Owner", "ClusterId", "ProcId", "JobStatus", "RemoteWallClockTi
                  "EnteredCurrentStatus"]
 WATERMARK_STATE = "condor_history.json"
 FIRST_LOOK_BACK = 360  # seconds of history the very first run reports
+# An Id reported from the queue is remembered until its history ad is seen; one whose ad never comes (no
+# history kept, or beyond history_scan_limit) is forgotten this long after the job was last seen queued.
+QUEUE_MEMORY = 7 * 86400
+CURSOR = re.compile(r"\d+\.\d+\Z")
 
 
 def add_arguments(parser):
@@ -33,11 +41,15 @@ def add_arguments(parser):
                              "(repeatable; 'all:' is every job)")
     parser.add_argument("--exclude-owner", dest="exclude_owners", action="append", metavar="OWNER",
                         help="never report jobs of this owner (repeatable)")
+    parser.add_argument("--history-scan-limit", dest="history_scan_limit", metavar="N", type=int,
+                        help="read at most the N newest condor_history ads a run (default 100000)")
 
 
 def validate(opts):
     for spec in opts.queues:
         parse_queue_spec(spec)
+    if opts.history_scan_limit < 1:
+        raise common.UsageError("history_scan_limit must be at least 1, not %d" % opts.history_scan_limit)
 
 
 def parse_queue_spec(spec):
@@ -87,6 +99,10 @@ def autoformat_rows(text, attributes, log=None):
         log.warning("%d line(s) of condor output did not parse and were skipped", bad)
 
 
+def job_id(job):
+    return "%d.%d" % (job["ClusterId"], job["ProcId"])
+
+
 def queue_document(name, jobs):
     counts = {status: 0 for status in (1, 2, 5)}
     cores = memory = 0
@@ -109,45 +125,98 @@ def job_runtime(job, now):
 
 
 def job_document(job, owner, now):
-    return {"kind": "condorjob", "users": owner, "Id": "%d.%d" % (job["ClusterId"], job["ProcId"]),
+    return {"kind": "condorjob", "users": owner, "Id": job_id(job),
             "Runtime": job_runtime(job, now), "state": JOB_STATES.get(job["JobStatus"], "unknown")}
 
 
-def new_history(ads, watermark):
-    """The history ads not reported yet, and the watermark after them.
+def _finite(value):
+    return type(value) in (int, float) and math.isfinite(value)
 
-    condor_history -completedsince stops at the first ad completed at or before the given time instead
-    of filtering, and removed jobs have no CompletionDate, so each ad is dated and checked here. Ads dated
-    exactly at the watermark can reach the history file after a run saw the watermark, so their Ids are kept.
+
+def _dated(stored, now):
+    # A time ahead of the clock would hide every job until the clock gets there.
+    return _finite(stored.get("time")) and stored["time"] <= now and isinstance(stored.get("ids"), list) \
+        and all(isinstance(job, str) for job in stored["ids"])
+
+
+def read_state(stored, now):
+    """The state file's value as (state, problem); problem is None, "old" or "corrupt".
+
+    state: "cursor", the Id of the newest-written history ad a run saw, or None before any was seen, and
+    then "time" and "ids", a completion-time watermark (see dated_after); "queued": {Id: time last seen}
+    of the jobs reported as finished or removed from the queue. "old" is the {"time": T, "ids": [...]}
+    watermark of earlier versions, read as a dated state; anything else starts afresh, looking back
+    FIRST_LOOK_BACK seconds.
     """
-    fresh = []
-    newest, ids_at_newest = watermark["time"], set(watermark["ids"])
-    for ad in ads:
-        when = ad["CompletionDate"] or ad["EnteredCurrentStatus"]
-        job_id = "%d.%d" % (ad["ClusterId"], ad["ProcId"])
-        if when is None or when < watermark["time"] or (when == watermark["time"] and job_id in watermark["ids"]):
-            continue
-        fresh.append(ad)
-        if when > newest:
-            newest, ids_at_newest = when, set()
-        if when == newest:
-            ids_at_newest.add(job_id)
-    return fresh, {"time": newest, "ids": sorted(ids_at_newest)}
+    if isinstance(stored, dict) and isinstance(stored.get("queued"), dict) \
+            and all(_finite(seen) for seen in stored["queued"].values()):
+        cursor = stored.get("cursor")
+        if isinstance(cursor, str) and CURSOR.match(cursor):
+            return {"cursor": cursor, "queued": stored["queued"]}, None
+        if cursor is None and _dated(stored, now):
+            return {"cursor": None, "time": stored["time"], "ids": stored["ids"], "queued": stored["queued"]}, None
+    elif isinstance(stored, dict) and set(stored) == {"time", "ids"} and _dated(stored, now):
+        return {"cursor": None, "time": stored["time"], "ids": stored["ids"], "queued": {}}, "old"
+    return {"cursor": None, "time": int(now) - FIRST_LOOK_BACK, "ids": [], "queued": {}}, \
+        None if stored is None else "corrupt"
 
 
-def valid_watermark(stored):
-    return (isinstance(stored, dict) and type(stored.get("time")) in (int, float) and math.isfinite(stored["time"])
-            and isinstance(stored.get("ids"), list) and all(isinstance(job_id, str) for job_id in stored["ids"]))
-
-
-def load_watermark(run, now):
-    stored = run.state.load(WATERMARK_STATE)
-    if valid_watermark(stored):
-        return stored
-    if stored is not None:
-        run.log.warning("state file %s holds no watermark: looking back %d s afresh",
+def load_state(run, now):
+    state, problem = read_state(run.state.load(WATERMARK_STATE), now)
+    if problem == "old":
+        run.log.warning("state file %s holds the completion-time watermark of an earlier version: this run "
+                        "reads the history by completion time once more, and reports the finished and removed "
+                        "jobs still queued once more", run.state.file(WATERMARK_STATE))
+    elif problem == "corrupt":
+        run.log.warning("state file %s holds no history position: looking back %d s afresh",
                         run.state.file(WATERMARK_STATE), FIRST_LOOK_BACK)
-    return {"time": int(now) - FIRST_LOOK_BACK, "ids": []}
+    return state
+
+
+def history_command(state, limit):
+    """condor_history prints the newest-written ad first; -since CURSOR stops at the ad a previous run saw
+    first, -limit keeps a lost cursor from reading the whole history."""
+    since = ["-since", state["cursor"]] if state["cursor"] else []
+    return ["condor_history"] + since + ["-limit", "%d" % limit, "-af"] + HISTORY_ATTRS
+
+
+def dated_after(ad, state):
+    """Whether a history ad completed after the watermark state["time"], or at it and is not in state["ids"]
+    (ads dated at the watermark can reach the history after a run saw the watermark). Removed jobs have no
+    CompletionDate: they are dated by EnteredCurrentStatus."""
+    when = ad["CompletionDate"] or ad["EnteredCurrentStatus"]
+    return when is not None and (when > state["time"] or (when == state["time"] and job_id(ad) not in state["ids"]))
+
+
+def unseen_history(ads, state):
+    """The history ads (newest-written first) a previous run did not see.
+
+    With a cursor that is every ad condor_history printed before the cursor's own, should it print that one;
+    without one (the first run, a state of an earlier version) the ads dated after the watermark.
+    """
+    if state["cursor"]:
+        ids = [job_id(ad) for ad in ads]
+        return ads[:ids.index(state["cursor"])] if state["cursor"] in ids else ads
+    return [ad for ad in ads if dated_after(ad, state)]
+
+
+def scan_cut_short(text, ads, state, limit):
+    """Whether condor_history stopped at the limit before it reached what the previous run saw: the cursor,
+    or, without one, the watermark (the oldest ad it printed still dated after it)."""
+    if len([line for line in text.splitlines() if line.strip()]) < limit:
+        return False
+    return bool(state["cursor"]) or bool(ads) and dated_after(ads[-1], state)
+
+
+def next_state(state, ads, ended_in_queue, now):
+    """The state after a run that saw the history ads ADS (all it printed, newest first) and the Ids
+    ENDED_IN_QUEUE in the queue as finished or removed (and not in the history)."""
+    seen = {job_id(ad) for ad in ads}
+    queued = {job: last for job, last in state["queued"].items() if job not in seen and last >= now - QUEUE_MEMORY}
+    queued.update((job, int(now)) for job in ended_in_queue)
+    if ads:
+        return {"cursor": job_id(ads[0]), "queued": queued}
+    return dict(state, queued=queued)
 
 
 def condor_command(tool, attributes, constraint=""):
@@ -160,33 +229,67 @@ def replaced_by_next_run(document):
     return document["kind"] == "condorqueue" or document.get("state") not in ("finished", "removed")
 
 
+def constrained_queues(run):
+    """(name, condor_q text or None for the whole queue) of each -q queue. A queue whose constraint condor_q
+    refuses is one error line: the other queues and the jobs still go."""
+    queues = []
+    for name, constraint in map(parse_queue_spec, run.opts.queues):
+        try:
+            queues.append((name, run.command(condor_command("condor_q", QUEUE_ATTRS, constraint))
+                           if constraint else None))
+        except common.SourceError as error:
+            run.source_failed("queue %s: %s" % (name, error))
+    return queues
+
+
 def collect(run):
-    """Yield the documents. Every command runs before the first one, so a failing source yields none; the
-    queue's jobs then stream from condor_q's text instead of piling up as parsed rows."""
+    """Yield the documents. Every command runs before the first one, so a failing condor_q or condor_history
+    yields none; the queue's jobs then stream from condor_q's text instead of piling up as parsed rows."""
     opts = run.opts
     excluded = set(opts.exclude_owners)
     now = time.time()
+    # The queue before the history: a job that ends between the two is then in the history.
     queue_text = run.command(condor_command("condor_q", JOB_ATTRS))
-    queues = [(name, run.command(condor_command("condor_q", QUEUE_ATTRS, constraint)) if constraint else None)
-              for name, constraint in map(parse_queue_spec, opts.queues)]
-    watermark = load_watermark(run, now)
-    since = ["-completedsince", "%d" % (watermark["time"] - 1)]
-    history = parse_autoformat(run.command(["condor_history"] + since + ["-af"] + HISTORY_ATTRS),
-                               HISTORY_ATTRS, run.log)
-    finished, new_watermark = new_history(history, watermark)
-    run.after_delivery.append(lambda: run.state.save(WATERMARK_STATE, new_watermark))
+    queues = constrained_queues(run)
+    state = load_state(run, now)
+    history_text = run.command(history_command(state, opts.history_scan_limit))
+    ads = parse_autoformat(history_text, HISTORY_ATTRS, run.log)
+    if scan_cut_short(history_text, ads, state, opts.history_scan_limit):
+        run.log.warning("condor_history: the newest %d ads (history_scan_limit) do not reach %s: older ones are "
+                        "not reported", opts.history_scan_limit,
+                        "job %s, the newest the previous run saw" % state["cursor"] if state["cursor"]
+                        else "the previous run's completion time")
+    in_history = {job_id(ad) for ad in ads}
+    finished = [ad for ad in unseen_history(ads, state) if job_id(ad) not in state["queued"]]
+    ended_in_queue = set()
+    # Filled while the jobs stream, read when the state is saved once they were all delivered.
+    run.after_delivery.append(lambda: run.state.save(WATERMARK_STATE, next_state(state, ads, ended_in_queue, now)))
 
     for name, constrained_text in queues:
         # The whole queue's rows are read twice (here quietly) rather than kept.
         rows = autoformat_rows(queue_text, JOB_ATTRS) if constrained_text is None else \
             autoformat_rows(constrained_text, QUEUE_ATTRS, run.log)
         yield queue_document(name, rows)
-    for job in itertools.chain(autoformat_rows(queue_text, JOB_ATTRS, run.log), finished):
+    for job in itertools.chain(queued_jobs(queue_text, state, in_history, ended_in_queue, run.log), finished):
         if job["Owner"] in excluded:
             continue
         owner = run.users.report_name(job["Owner"])
         if owner is not None:
             yield job_document(job, owner, now)
+
+
+def queued_jobs(queue_text, state, in_history, ended_in_queue, log):
+    """The queue's jobs to report, adding the Ids of those finished or removed to ENDED_IN_QUEUE. A job in the
+    history left the queue while the run looked, and comes from there; one finished or removed that a
+    previous run reported does not come again."""
+    for job in autoformat_rows(queue_text, JOB_ATTRS, log):
+        if job_id(job) in in_history:
+            continue
+        if job["JobStatus"] in ENDED:
+            ended_in_queue.add(job_id(job))
+            if job_id(job) in state["queued"]:
+                continue
+        yield job
 
 
 if __name__ == "__main__":

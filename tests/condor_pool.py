@@ -78,9 +78,33 @@ class CondorPool:
         [summary] = json.loads(self.run("condor_q", "-all", "-totals", "-json", *options).stdout)
         return summary
 
-    def history(self):
-        done = self.run("condor_history", "-json")
+    def history(self, *options):
+        """Every ad in the history files (condor_history -json OPTIONS) by Id."""
+        done = self.run("condor_history", "-json", *options)
         return {"%d.%d" % (ad["ClusterId"], ad["ProcId"]): ad for ad in json.loads(done.stdout)}
+
+    def history_file(self):
+        """The schedd's history file, as a path inside the chroot; rotated ones are beside it, named FILE.TIME."""
+        return self.run("condor_config_val", "HISTORY").stdout.strip()
+
+    def rotated_history_files(self):
+        current = pathlib.Path(self.history_file())
+        return sorted(path.name for path in (self.root / current.relative_to("/")).parent.glob(current.name + ".*"))
+
+    def environment_ending_job(self, directory, job_id, gate):
+        """An environment whose condor_q, once, opens GATE after it read the queue and waits until JOB_ID (a
+        gated job) is in the history: the job ends between a collector's condor_q and its condor_history."""
+        directory.mkdir()
+        script = directory / "condor_q"
+        script.write_text(
+            '#!/bin/sh\nout=$("%(bin)s/condor_q" "$@") || exit\n'
+            'if [ ! -e "%(once)s" ]; then\n    touch "%(once)s" "%(gate)s"\n'
+            '    until "%(bin)s/condor_history" -af ClusterId ProcId | grep -qx "%(job)s"; do sleep 0.2; done\nfi\n'
+            'printf "%%s\\n" "$out"\n'
+            % {"bin": self.bin, "once": directory / "once", "gate": self.root / "tmp" / gate,
+               "job": job_id.replace(".", " ")})
+        script.chmod(0o755)
+        return {"PATH": "%s:%s" % (directory, self.environment()["PATH"])}
 
     def wait_for(self, what, predicate, timeout=90):
         """Poll the queue until PREDICATE(jobs by Id) holds; fail with the queue's states if it never does."""

@@ -59,7 +59,8 @@ class FakeCondorRun(common.Run):
 
     def __init__(self, replies, state_dir):
         opts = argparse.Namespace(queues=["all:", 'short:queue=="short"'], exclude_owners=[], obfuscate_users=True,
-                                  salt="s", group="", obfuscate_hosts="", timeout=60, state_dir=state_dir)
+                                  salt="s", group="", obfuscate_hosts="", timeout=60, state_dir=state_dir,
+                                  history_scan_limit=100000)
         super().__init__(condor.NAME, opts, afmetrics_privacy.UserFilter(opts, LOG), math.inf)
         self.replies = replies
 
@@ -98,11 +99,17 @@ def test_non_finite_condor_numbers_are_skipped_lines(column, value, tmp_path):
 @example(stored={"time": float("nan"), "ids": []})
 @example(stored={"time": float("inf"), "ids": []})
 @example(stored={"time": 0, "ids": [[1]]})
+@example(stored={"time": 1e10, "ids": []})  # ahead of the clock: it would hide every job until 2286
 def test_corrupt_history_watermark_is_a_fresh_start(stored, tmp_path):
+    # Completed in 2255: after the look-back of a fresh start, and after any watermark a state may hold (none is
+    # ahead of the clock); a cursor reports what condor_history printed.
     with tempfile.TemporaryDirectory() as state_dir:
         with open(os.path.join(state_dir, condor.WATERMARK_STATE), "w") as handle:
             handle.write(json.dumps(stored))
-        collect_condor("", "bob 1 0 4 2.0 %d %d" % (9e9, 9e9), state_dir)
+        documents = collect_condor("", "bob 1 0 4 2.0 %d %d" % (9e9, 9e9), state_dir)
+        assert [(d["Id"], d["state"]) for d in documents if d["kind"] == "condorjob"] == [("1.0", "finished")]
+        with open(os.path.join(state_dir, condor.WATERMARK_STATE)) as handle:
+            assert json.load(handle)["cursor"] == "1.0"
 
 
 class HostRun(common.Run):

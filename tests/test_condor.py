@@ -90,29 +90,87 @@ def test_completedsince_stops_rather_than_filters():
     assert len(ads) == 6 and ads[-1]["CompletionDate"] is None
 
 
-def test_history_reported_once_across_runs_at_the_same_second():
+NOW = 1795600000  # after every capture's dates
+
+
+def ad(cluster, status=4, completed=None, entered=None):
+    return {"Owner": "bob", "ClusterId": float(cluster), "ProcId": 0.0, "JobStatus": float(status),
+            "RemoteWallClockTime": 2.0, "CompletionDate": completed, "EnteredCurrentStatus": entered or completed}
+
+
+def ids(ads):
+    return [condor.job_id(ad) for ad in ads]
+
+
+def test_a_cursor_reports_every_ad_written_after_it_whatever_its_date():
+    # 23.9.6: `condor_history -since 6.0` prints 6.2 and 6.1 and stops before 6.0 itself.
+    since = condor.parse_autoformat(capture("trixie-htcondor-23.9.6", "history_since_cluster_af"),
+                                    ["Owner", "ClusterId", "ProcId", "JobStatus"], LOG)
+    assert ids(since) == ["6.2", "6.1"]
+    # An ad written late (leave_in_queue, condor_rm -forcex) keeps its old CompletionDate: it is new all the same.
+    state = {"cursor": "6.0", "queued": {}}
+    written = [ad(8, completed=1795504100), ad(7, status=3, completed=1795500000, entered=1795504090)]
+    assert ids(condor.unseen_history(written, state)) == ["8.0", "7.0"]
+    # Should a condor_history print the cursor's own ad, it and what follows were seen.
+    assert ids(condor.unseen_history(written + [ad(6, completed=1795504024), ad(5)], state)) == ["8.0", "7.0"]
+    assert condor.next_state(state, written, set(), NOW) == {"cursor": "8.0", "queued": {}}
+    assert condor.next_state(state, [], set(), NOW) == state
+
+
+def test_history_command_follows_the_cursor_within_the_scan_limit():
+    assert condor.history_command({"cursor": "12.3"}, 500) == ["condor_history", "-since", "12.3", "-limit", "500",
+                                                              "-af"] + condor.HISTORY_ATTRS
+    first, _ = condor.read_state(None, NOW)
+    assert condor.history_command(first, 500)[:3] == ["condor_history", "-limit", "500"]
+    assert first == {"cursor": None, "time": NOW - condor.FIRST_LOOK_BACK, "ids": [], "queued": {}}
+
+
+def test_an_old_watermark_migrates_without_doubling_a_job():
+    # The previous version saw 6.1 and 6.0 (completed at …024) and saved this; 6.2 came after.
     version = "trixie-htcondor-23.9.6"
-    # Run 1 saw the history up to 6.1/6.0 (completed at …024), before 6.2 existed.
-    first, mark = condor.new_history(history_ads(version, "history_completedsince_1795504023_af")[1:],
-                                     {"time": 1795504000, "ids": []})
-    assert [(ad["ClusterId"], ad["ProcId"]) for ad in first] == [(6, 1), (6, 0)]
-    assert mark == {"time": 1795504024, "ids": ["6.0", "6.1"]}
-    # Run 2 asks from mark - 1 and gets everything again: only 6.2 is new.
-    second, mark = condor.new_history(history_ads(version, "history_completedsince_1795504023_af"), mark)
-    assert [(ad["ClusterId"], ad["ProcId"]) for ad in second] == [(6, 2)]
-    assert mark == {"time": 1795504026, "ids": ["6.2"]}
-    third, same = condor.new_history(history_ads(version, "history_completedsince_1795504025_af"), mark)
-    assert third == [] and same == mark
+    state, problem = condor.read_state({"time": 1795504024, "ids": ["6.0", "6.1"]}, NOW)
+    assert problem == "old" and state["cursor"] is None
+    whole = history_ads(version, "history_completedsince_1795504023_af")  # the whole history, newest first
+    assert ids(condor.unseen_history(whole, state)) == ["6.2"]
+    assert condor.next_state(state, whole, set(), NOW) == {"cursor": "6.2", "queued": {}}
 
 
-def test_removed_jobs_are_dated_by_entered_current_status():
-    ads = [{"Owner": "bob", "ClusterId": 2.0, "ProcId": 0.0, "JobStatus": 3.0, "RemoteWallClockTime": 0.0,
-            "CompletionDate": None, "EnteredCurrentStatus": 1795504700.0},
-           {"Owner": "bob", "ClusterId": 1.0, "ProcId": 0.0, "JobStatus": 3.0, "RemoteWallClockTime": 0.0,
-            "CompletionDate": 0.0, "EnteredCurrentStatus": 1795400000.0}]
-    fresh, mark = condor.new_history(ads, {"time": 1795504000, "ids": []})
-    assert [condor.job_document(ad, "bob", 0)["state"] for ad in fresh] == ["removed"]
-    assert mark["time"] == 1795504700
+def test_without_a_cursor_removed_jobs_are_dated_by_entered_current_status():
+    state, _ = condor.read_state(None, 1795504360)
+    fresh = condor.unseen_history([ad(2, status=3, entered=1795504300), ad(1, status=3, completed=0.0,
+                                                                          entered=1795400000)], state)
+    assert [condor.job_document(ad, "bob", 0)["state"] for ad in fresh] == ["removed"] and ids(fresh) == ["2.0"]
+
+
+@pytest.mark.parametrize("stored", [
+    [], "x", {"cursor": "6", "queued": {}}, {"cursor": "6.0; rm -rf", "queued": {}}, {"cursor": 6.0, "queued": {}},
+    {"cursor": "6.0", "queued": {"1.0": "x"}}, {"cursor": "6.0", "queued": []}, {"cursor": "6.0"},
+    {"cursor": None, "time": 1, "queued": {}}, {"time": NOW + 60, "ids": []}, {"time": float("nan"), "ids": []},
+    {"time": True, "ids": []}, {"time": 1, "ids": [1]}, {"time": 1, "ids": [], "extra": 1},
+])
+def test_a_state_that_holds_no_history_position_is_a_fresh_start(stored):
+    assert condor.read_state(stored, NOW) == (condor.read_state(None, NOW)[0], "corrupt")
+
+
+def test_ids_reported_from_the_queue_are_kept_until_their_history_ad_or_a_week():
+    queued = {"1.0": NOW - 60, "2.0": NOW - 60, "3.0": NOW - condor.QUEUE_MEMORY - 1, "4.0": NOW - 60}
+    state, problem = condor.read_state({"cursor": "9.0", "queued": queued}, NOW)
+    assert problem is None
+    # 1.0 is still queued (removed), 2.0's history ad came, 3.0 left the queue over a week ago, 4.0 may come.
+    after = condor.next_state(state, [ad(2)], {"1.0", "5.0"}, NOW)
+    assert after == {"cursor": "2.0", "queued": {"1.0": NOW, "4.0": NOW - 60, "5.0": NOW}}
+    assert condor.read_state(after, NOW) == (after, None)
+
+
+def test_the_scan_limit_is_reported_only_when_it_cut_the_scan_short():
+    cursor = {"cursor": "1.0", "queued": {}}
+    dated, _ = condor.read_state(None, 1795504360)
+    text = "line\n" * 3
+    assert not condor.scan_cut_short(text, [], cursor, 4)
+    assert condor.scan_cut_short(text, [], cursor, 3)
+    # Without a cursor the limit only matters while the oldest ad read is still inside the look-back.
+    assert condor.scan_cut_short(text, [ad(2, completed=1795504300)], dated, 3)
+    assert not condor.scan_cut_short(text, [ad(2, completed=1795504300), ad(1, completed=1795400000)], dated, 3)
 
 
 @pytest.mark.parametrize("spec, expected", [

@@ -4,6 +4,8 @@ pool itself says, and a broken pool must end the run within its timeout with one
 One job mix is submitted per pool and shared by every test, in file order; the fault tests come last because
 they stop the schedd and the whole pool.
 """
+import collections
+import json
 import time
 
 import pytest
@@ -24,7 +26,7 @@ PYTHON_START_SLACK = 10  # seconds a run may take beyond its timeout: interprete
 
 
 class JobMix:
-    """The jobs submitted once per pool, by role; every role is one job Id except gated (three)."""
+    """The jobs submitted once per pool, by role; every role is one job Id except gated (four) and spares."""
 
     def __init__(self, pool):
         self.pool = pool
@@ -39,7 +41,12 @@ class JobMix:
         self.local = submit("bob", "local", dict(SLEEP, universe="local"))
         self.removed = submit("bob", "removed", SLEEP)
         self.gated = submit("bob", "gated", {"executable": "/usr/local/bin/afmetrics-gated-job",
-                                             "arguments": "/tmp/gate-$(Process)"}, count=3)
+                                             "arguments": "/tmp/gate-$(Process)"}, count=4)
+        # Finished jobs that stay queued: until condor_rm and then condor_rm -forcex, or until condor_rm alone.
+        self.lingering = submit("alice", "lingering", {"executable": "/bin/true", "leave_in_queue": "true"})
+        self.kept = submit("alice", "kept", {"executable": "/bin/true", "leave_in_queue": "JobStatus == 4"})
+        # Idle jobs to remove, one history ad each.
+        self.spares = submit("alice", "spares", dict(SLEEP, request_cpus=64), count=16)
         self.settle()
 
     def settle(self):
@@ -57,7 +64,8 @@ class JobMix:
         pool.wait_for("the mix to settle", lambda jobs: (
             jobs[self.evicted[0]].get("NumJobStarts", 0) >= 2 and jobs[self.evicted[0]]["JobStatus"] == 2
             and jobs[self.suspended[0]]["JobStatus"] == 7 and jobs[self.held[0]]["JobStatus"] == 5
-            and jobs[self.idle[0]]["JobStatus"] == 1))
+            and jobs[self.idle[0]]["JobStatus"] == 1
+            and jobs[self.lingering[0]]["JobStatus"] == jobs[self.kept[0]]["JobStatus"] == 4))
 
 
 def run_age(ad):
@@ -81,12 +89,12 @@ def job_mix(condor_pool):
 def collect(condor_pool, receiver, run_collector, tmp_path):
     """Run condor.py (or the umbrella) against the pool and deliver to the receiver: (CompletedProcess,
     documents this run delivered, seconds it took)."""
-    def run(*args, script="condor.py", state=None):
+    def run(*args, script="condor.py", state=None, env=None):
         before = len(receiver.documents)
         started = time.monotonic()
         done = run_collector(script, "-t", TOKEN, "-c", CLUSTER, "-u", receiver.url, "--ca-bundle",
                              receiver.ca_file, "--state-dir", state or tmp_path / "state", *args,
-                             env=condor_pool.environment(), cwd=tmp_path)
+                             env=env or condor_pool.environment(), cwd=tmp_path)
         return done, receiver.documents[before:], time.monotonic() - started
     return run
 
@@ -139,7 +147,7 @@ def test_documents_equal_the_pool(condor_pool, job_mix, collect):
         assert jobs[job_id]["users"] == ad["Owner"]
         assert jobs[job_id]["state"] == STATES[ad["JobStatus"]], job_id
         assert true_runtime(ad) <= jobs[job_id]["Runtime"] <= true_runtime(after[job_id]), job_id
-    assert {jobs[job_id]["state"] for job_id in before} == {"idle", "running", "held", "suspended"}
+    assert {jobs[job_id]["state"] for job_id in before} == {"idle", "running", "held", "suspended", "finished"}
     assert jobs[job_mix.local[0]]["state"] == "running"
     evicted = after[job_mix.evicted[0]]
     assert evicted["RemoteWallClockTime"] >= 3, "the evicted run was not counted by HTCondor"
@@ -160,45 +168,88 @@ def test_excluded_owner_is_absent(condor_pool, job_mix, collect):
     assert {job["users"] for job in jobs.values()} == {"alice"}
 
 
-def test_finished_jobs_are_reported_once_across_runs(condor_pool, job_mix, collect, tmp_path):
-    """Three runs sharing a state dir, with jobs completing and removed between them; the long job's Runtime
-    grows with wall time past a minute."""
+def test_a_refused_queue_constraint_costs_only_its_queue(condor_pool, job_mix, collect):
+    done, documents, _ = collect(*QUEUES, "-q", 'bad:queue=="x')
+    assert done.returncode == 1
+    errors = [line for line in log_lines(done.stderr) if line.startswith(("ERROR", "CRITICAL"))]
+    assert len(errors) == 1 and errors[0].startswith("ERROR:condor:queue bad: condor_q failed (exit 1): "), \
+        done.stderr
+    assert sorted(doc["queue"] for doc in of_kind(documents, "condorqueue")) == ["all", "short"]
+    assert set(jobs_by_id(documents)) >= set(condor_pool.jobs())
+
+
+def ended(jobs):
+    return {job_id: job["state"] for job_id, job in jobs.items() if job["state"] in ("finished", "removed")}
+
+
+def test_each_ended_job_is_reported_once_across_runs(condor_pool, job_mix, collect, tmp_path):
+    """Six runs sharing a state dir, with jobs ending between them in each way that writes history ads out of
+    completion order or keeps ended jobs queued, a rotation of the history file, and a job that ends while a
+    run looks; the long job's Runtime grows with wall time past a minute."""
+    pool, state = condor_pool, tmp_path / "shared-state"
     runs = []
 
-    def run():
-        done, documents, _ = collect(*QUEUES, state=tmp_path / "shared-state")
+    def run(expected, **options):
+        done, documents, _ = collect(*QUEUES, state=state, **options)
         assert done.returncode == 0, done.stderr
         runs.append((time.monotonic(), jobs_by_id(documents)))
-        return runs[-1][1]
+        assert ended(runs[-1][1]) == expected, "run %d" % len(runs)
 
-    def finished(jobs):
-        return {job_id: job["state"] for job_id, job in jobs.items() if job["state"] in ("finished", "removed")}
+    def remove(*job_ids, user="alice"):
+        pool.run("condor_rm", *job_ids, user=user)
+        pool.wait_in_history(job_ids)
 
-    first = run()
-    assert finished(first) == {job_mix.completed[0]: "finished", job_mix.removed[0]: "removed"}
+    spares = iter(job_mix.spares)
+    run({job_mix.completed[0]: "finished", job_mix.removed[0]: "removed", job_mix.lingering[0]: "finished",
+         job_mix.kept[0]: "finished"})
 
-    condor_pool.open_gate("gate-0")
-    condor_pool.wait_in_history(job_mix.gated[:1])
-    second = run()
-    assert finished(second) == {job_mix.gated[0]: "finished"}
+    # Ads written in this order: a job completing now, then one that completed during the mix (before the
+    # newest ad the first run saw), then an idle job removed now. The lingering job is marked removed.
+    pool.open_gate("gate-0")
+    pool.wait_in_history(job_mix.gated[:1])
+    remove(job_mix.kept[0])
+    spare = next(spares)
+    remove(spare)
+    pool.run("condor_rm", job_mix.lingering[0], user="alice")
+    pool.wait_for("the lingering job removed", lambda jobs: jobs[job_mix.lingering[0]]["JobStatus"] == 3)
+    run({job_mix.gated[0]: "finished", spare: "removed"})
 
-    # The long job passes a minute of wall time before the third run.
+    # Its ad now comes, with the CompletionDate it had before the first run.
+    pool.run("condor_rm", "-forcex", job_mix.lingering[0], user="alice")
+    pool.wait_in_history(job_mix.lingering)
+    pool.open_gate("gate-1")
+    pool.wait_in_history(job_mix.gated[1:2])
+    run({job_mix.gated[1]: "finished"})
+
+    # The history file rotates: the ad the last run saw first is in a rotated file now.
+    cursor = json.loads((state / "condor_history.json").read_text())["cursor"]
+    rotated, removed = pool.rotated_history_files(), {}
+    while pool.rotated_history_files() == rotated:
+        spare = next(spares)
+        remove(spare)
+        removed[spare] = "removed"
+    assert cursor not in pool.history("-file", pool.history_file())
+    remove(job_mix.gated[2], user="bob")
+    removed[job_mix.gated[2]] = "removed"
+    run(removed)
+
+    # Gated job 3 ends between the run's condor_q, which sees it running, and its condor_history.
+    run({job_mix.gated[3]: "finished"},
+        env=pool.environment_ending_job(tmp_path / "ending", job_mix.gated[3], "gate-3"))
+
+    # The long job passes a minute of wall time before the last run.
     long_job = job_mix.long[0]
-    condor_pool.wait_for("a minute of running", lambda jobs: run_age(jobs[long_job]) >= 62, timeout=120)
-    condor_pool.open_gate("gate-1")
-    condor_pool.run("condor_rm", job_mix.gated[2], user="bob")
-    condor_pool.wait_in_history(job_mix.gated[1:])
-    third = run()
-    assert finished(third) == {job_mix.gated[1]: "finished", job_mix.gated[2]: "removed"}
+    pool.wait_for("a minute of running", lambda jobs: run_age(jobs[long_job]) >= 62, timeout=120)
+    run({})
 
-    reported = [job_id for _, jobs in runs for job_id in finished(jobs)]
-    assert sorted(reported) == sorted(condor_pool.history()), "every finished job exactly once"
-    for queued in (set(condor_pool.jobs()) - set(job_mix.gated)):
+    reported = collections.Counter(job_id for _, jobs in runs for job_id in ended(jobs))
+    assert reported == dict.fromkeys(pool.history(), 1), "every finished or removed job exactly once"
+    for queued in pool.jobs():
         assert all(queued in jobs for _, jobs in runs), "queued jobs are reported every run"
 
-    (start, first), (_, _), (end, third) = runs
-    assert third[long_job]["Runtime"] > 60
-    grown = third[long_job]["Runtime"] - first[long_job]["Runtime"]
+    (start, first), (end, last) = runs[0], runs[-1]
+    assert last[long_job]["Runtime"] > 60
+    grown = last[long_job]["Runtime"] - first[long_job]["Runtime"]
     assert abs(grown - (end - start)) <= 2, "Runtime grew %d s in %.1f s of wall time" % (grown, end - start)
 
 
