@@ -14,6 +14,11 @@ def obfuscate_host(hostname, domain):
     return "atlas%s.%s" % (digits, domain)
 
 
+def host_name():
+    """The host's name as the old tool reports it: socket.gethostname(), neither shortened nor extended."""
+    return socket.gethostname()
+
+
 def fully_qualified_hostname():
     # getfqdn() answers "localhost" where the host name resolves to a loopback address; keep the
     # host's own name unless the lookup really extends it.
