@@ -26,7 +26,7 @@ import utmp
 from conftest import COLLECTORS, collector_environment, json_lines, log_lines
 
 TOKEN = "tok-5e1d2a9c40"
-COLLECTED_SSH = {"kind": "ssh", "cluster": "UC-AF", "login_node": afmetrics_privacy.fully_qualified_hostname(),
+COLLECTED_SSH = {"kind": "ssh", "cluster": "UC-AF", "login_node": afmetrics_privacy.host_name(),
                  "ssh_user_count": 2, "users": ["alice", "bob"]}
 SPOOLS = ("spool-ssh.jsonl", "spool-host.jsonl")
 PYTHON_START_SLACK = 5  # seconds a run may take beyond a budget: interpreter start, the other collector
