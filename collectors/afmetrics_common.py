@@ -267,7 +267,8 @@ def main(modules, parser, settings, argv=None):
 
 def script_main(module, argv=None):
     """main() for a single-collector script such as host.py."""
-    parser = argparse.ArgumentParser(prog=module.NAME + ".py", description=module.__doc__,
+    # No prog: argparse names the script as it was started (ssh.py, or afmetrics_ssh when installed).
+    parser = argparse.ArgumentParser(description=module.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
     module.add_arguments(parser)

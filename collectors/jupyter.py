@@ -64,8 +64,12 @@ def pod_users(pod_list, label):
 
 def core_api(opts):
     # Imported here: kubernetes costs 0.2 s and 44 MB, which the other collectors must not pay.
-    import yaml
-    from kubernetes import client, config
+    try:
+        import yaml
+        from kubernetes import client, config
+    except ImportError as error:
+        raise common.SourceError("the kubernetes package is not installed (%s): pip install 'afmetrics[jupyter]' "
+                                 "or -r requirements-jupyter.txt" % error.name)
 
     configuration = client.Configuration()
     kubeconfig = opts.kubeconfig or os.environ.get("KUBECONFIG")
