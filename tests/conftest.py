@@ -99,4 +99,4 @@ def run_collector():
     return run
 
 
-pytest_plugins = ["k8s_standin", "condor_pool"]
+pytest_plugins = ["k8s_standin", "condor_pool", "proxy"]

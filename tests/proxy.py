@@ -1,0 +1,128 @@
+"""A real HTTP CONNECT proxy on loopback: Debian's tinyproxy (tinyproxy-bin: the program without its service),
+installed with apt when missing (as root; elsewhere the tests skip, and fail in CI).
+
+Each proxy runs in the foreground on a free 127.0.0.1 port with its own config, logging every request line
+(LogLevel Connect) to a file the tests read: connects() lists the HOST:PORT of each CONNECT it was asked for.
+"""
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import skip_or_fail
+
+PACKAGE = "tinyproxy-bin"
+# tinyproxy's BasicAuth takes [-a-z0-9._]+ only: "-" is sent percent-encoded (%2D) to check that it is decoded.
+USER, PASSWORD = "afm", "proxy-pw.7"
+CONNECT_LINE = re.compile(r"Request \(file descriptor \d+\): CONNECT (\S+) HTTP/")
+
+
+def free_port():
+    """A loopback port nothing listens on (for a moment)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _apt_get(*args):
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    return subprocess.run(["apt-get", "-q", "-y"] + list(args), capture_output=True, text=True, env=env,
+                          timeout=600, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="session")
+def tinyproxy_program():
+    """The tinyproxy executable; apt-get installs it when missing (root only)."""
+    found = shutil.which("tinyproxy") or shutil.which("tinyproxy", path="/usr/sbin:/usr/bin")
+    if found:
+        return found
+    if not shutil.which("apt-get"):
+        skip_or_fail("tinyproxy is not installed and there is no apt-get to install it")
+    if os.geteuid() != 0:
+        skip_or_fail("tinyproxy is not installed (apt-get install %s needs root)" % PACKAGE)
+    done = _apt_get("install", "--no-install-recommends", PACKAGE)
+    if done.returncode != 0:  # package lists missing or stale
+        _apt_get("update")
+        done = _apt_get("install", "--no-install-recommends", PACKAGE)
+    found = shutil.which("tinyproxy", path="/usr/sbin:/usr/bin")
+    if done.returncode != 0 or not found:
+        skip_or_fail("apt-get install %s failed: %s" % (PACKAGE, (done.stderr.strip().splitlines() or ["?"])[-1]))
+    return found
+
+
+class Tinyproxy:
+    def __init__(self, program, directory, connect_ports=None, basic_auth=None):
+        self.log = directory / "tinyproxy.log"
+        for _ in range(5):  # the free port may be taken between the probe and tinyproxy's bind
+            self.port = free_port()
+            config = directory / "tinyproxy.conf"
+            lines = ["Port %d" % self.port, "Listen 127.0.0.1", "Timeout 60", 'LogFile "%s"' % self.log,
+                     "LogLevel Connect", "MaxClients 100", "Allow 127.0.0.1"]
+            # ConnectPort lines restrict CONNECT to those ports (none: every port); BasicAuth requires credentials.
+            lines += ["ConnectPort %d" % port for port in connect_ports or ()]
+            if basic_auth:
+                lines.append("BasicAuth %s %s" % basic_auth)
+            config.write_text("\n".join(lines) + "\n")
+            if self.log.exists():
+                self.log.unlink()
+            self.output = open(directory / "tinyproxy.out", "w")
+            self.process = subprocess.Popen([program, "-d", "-c", str(config)], stdin=subprocess.DEVNULL,
+                                            stdout=self.output, stderr=subprocess.STDOUT)
+            if self._wait_listening():
+                break
+            self.close()
+        else:
+            pytest.fail("tinyproxy did not start: %s" % (directory / "tinyproxy.out").read_text())
+        self.url = "http://127.0.0.1:%d" % self.port
+
+    def _wait_listening(self, seconds=10):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return True
+            except OSError:
+                time.sleep(0.05)
+        return False
+
+    def url_with(self, user, password):
+        return "http://%s:%s@127.0.0.1:%d" % (user, password, self.port)
+
+    def connects(self):
+        """HOST:PORT of each CONNECT the proxy was asked for, in order."""
+        text = self.log.read_text() if self.log.exists() else ""
+        return CONNECT_LINE.findall(text)
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.output.close()
+
+
+@pytest.fixture
+def start_tinyproxy(tinyproxy_program, tmp_path_factory):
+    """start_tinyproxy(connect_ports=None, basic_auth=None) -> a running Tinyproxy, stopped after the test."""
+    proxies = []
+
+    def start(**options):
+        proxies.append(Tinyproxy(tinyproxy_program, tmp_path_factory.mktemp("tinyproxy"), **options))
+        return proxies[-1]
+
+    yield start
+    for proxy in proxies:
+        proxy.close()
+
+
+@pytest.fixture
+def tinyproxy(start_tinyproxy):
+    """A running tinyproxy that CONNECTs to any port without credentials."""
+    return start_tinyproxy()
