@@ -1,17 +1,35 @@
-"""Privacy: user and host obfuscation and the group filter, applied before anything leaves the node."""
+"""Privacy: user and host obfuscation and the group filter, applied before anything leaves the node.
+
+Both obfuscations can give exactly what the old tool (afmetrics_collector) sent, so that a site's numbers
+stay the same at cutover: user_hash = sha256 is what its code sends (the default md5 is what its README
+says), and a node's name is socket.gethostname() as it sends it, with every digit of it for -O.
+"""
 import grp
 import hashlib
+import os
 import pwd
 import socket
 
+import afmetrics_settings
 
-def obfuscate_user(name, salt=""):
-    return hashlib.md5((salt + name).encode("utf-8")).hexdigest()[-8:]
+# user_hash: how -o turns salt + name into the 8 hex digits reported.
+USER_HASHES = {
+    # The old README: "MD5 hashes username and truncates to the last 8 characters".
+    "md5": lambda text: hashlib.md5(text).hexdigest()[-8:],
+    # The old tool's code, what sites running it send: sha256((salt + name).encode('utf-8')).hexdigest()[:8].
+    "sha256": lambda text: hashlib.sha256(text).hexdigest()[:8],
+}
+
+
+def obfuscate_user(name, salt="", user_hash="md5"):
+    """8 hex digits of user_hash over salt + name (UTF-8), as the old tool and its README have them."""
+    return USER_HASHES[user_hash]((salt + name).encode("utf-8"))
 
 
 def obfuscate_host(hostname, domain):
-    digits = "".join(char for char in hostname.split(".")[0] if char.isdigit())
-    return "atlas%s.%s" % (digits, domain)
+    """'atlas' + every digit of hostname + '.' + domain, as the old tool does: login1.t2.example.edu gives
+    atlas12.DOMAIN (the digits of every label, not only the short name's)."""
+    return "atlas%s.%s" % ("".join(char for char in hostname if char.isdigit()), domain)
 
 
 def host_name():
@@ -19,17 +37,26 @@ def host_name():
     return socket.gethostname()
 
 
-def fully_qualified_hostname():
-    # getfqdn() answers "localhost" where the host name resolves to a loopback address; keep the
-    # host's own name unless the lookup really extends it.
-    name = socket.gethostname()
-    fqdn = socket.getfqdn(name)
-    return fqdn if fqdn.startswith(name + ".") else name
-
-
 def login_node(opts):
-    name = fully_qualified_hostname()
-    return obfuscate_host(name, opts.obfuscate_hosts) if opts.obfuscate_hosts else name
+    """The node name documents carry: the login_node setting, else the host name; then -O, which hides an
+    overriding login_node as well (login_node = login07.bnl.gov with -O bnl.gov gives atlas07.bnl.gov)."""
+    name = getattr(opts, "login_node", "") or host_name()
+    domain = getattr(opts, "obfuscate_hosts", "")
+    return obfuscate_host(name, domain) if domain else name
+
+
+def check_user_hash(opts):
+    """The user_hash setting, or a UsageError naming where a bad one came from (the command line's choices
+    already refused a bad --user-hash: it can only come from AFMETRICS_USER_HASH or the config file)."""
+    user_hash = getattr(opts, "user_hash", "md5")
+    if user_hash in USER_HASHES:
+        return user_hash
+    if os.environ.get("AFMETRICS_USER_HASH"):
+        origin = "$AFMETRICS_USER_HASH"
+    else:
+        origin = afmetrics_settings.config_file(getattr(opts, "config", None))[0] or "config file"
+    raise afmetrics_settings.UsageError("%s: bad value for user_hash: %r (expected %s)"
+                                        % (origin, user_hash, " or ".join(sorted(USER_HASHES))))
 
 
 class UserFilter:
@@ -37,6 +64,7 @@ class UserFilter:
 
     def __init__(self, opts, logger):
         self.log = logger
+        self.user_hash = check_user_hash(opts)
         self.salt = opts.salt
         self.obfuscate = opts.obfuscate_users
         self.group = opts.group
@@ -73,8 +101,10 @@ class UserFilter:
     def report_name(self, user):
         """The name to report for user, or None when the group filter leaves the user out."""
         if user not in self.verdicts:
-            keep = not self.group or self._in_group(user)
-            self.verdicts[user] = (obfuscate_user(user, self.salt) if self.obfuscate else user) if keep else None
+            if self.group and not self._in_group(user):
+                self.verdicts[user] = None
+            else:
+                self.verdicts[user] = obfuscate_user(user, self.salt, self.user_hash) if self.obfuscate else user
         return self.verdicts[user]
 
     def report_names(self, users):

@@ -131,19 +131,24 @@ def add_common_arguments(parser):
     add("-c", "--cluster", help="cluster name put in every document, e.g. UC-AF")
     add("-u", "--url", help="endpoint URL (default https://af.atlas-ml.org/)")
     add("--proxy", metavar="URL",
-        help="HTTP proxy for the endpoint (default $HTTPS_PROXY/$https_proxy and $NO_PROXY, as requests reads them)")
+        help="HTTP proxy for the endpoint, e.g. http://proxy.example.org:3128 (user:password@ allowed, never "
+             "logged); it wins over the environment. Unset or '' (the default): $https_proxy/$HTTPS_PROXY, else "
+             "$ALL_PROXY, unless $NO_PROXY names the endpoint's host, as requests reads them")
     add("-d", "--debug", action="store_true", default=None,
         help="write documents as JSON Lines to NAME.json in the current directory instead of sending")
     add("-v", "--verbose", action="count", default=None, help="-v info, -vv debug logging")
     add("-o", "--obfuscate-users", action="store_true", default=None,
-        help="replace user names by the last 8 hex digits of MD5(salt + name)")
+        help="replace user names by 8 hex digits of a hash of salt + name (which hash: --user-hash)")
     add("-z", "--salt", help="salt for user obfuscation (prefer the config file or AFMETRICS_SALT)")
     add("--user-hash", choices=("md5", "sha256"),
-        help="hash of -o: md5 (last 8 hex digits, as the old README says; default) or sha256 (first 8, what "
-             "the old tool's code sends)")
+        help="hash of -o: md5 (last 8 hex digits of MD5(salt + name), as the old README says; default) or "
+             "sha256 (first 8 of SHA-256(salt + name): what the old afmetrics_collector really sends)")
     add("-O", "--obfuscate-hosts", metavar="DOMAIN",
-        help="report host names as 'atlas' + their digits + '.DOMAIN'")
-    add("--login-node", metavar="NAME", help="the node name to report (default the host name)")
+        help="report the node name as 'atlas' + every digit of it + '.DOMAIN', as the old tool does "
+             "(login1.t2.example.edu gives atlas12.DOMAIN); applies to --login-node too")
+    add("--login-node", metavar="NAME",
+        help="node name to report instead of the host name (default: socket.gethostname(), as the old tool "
+             "sends it, not extended to the FQDN)")
     add("-g", "--group", help="keep only users whose primary or supplementary groups include GROUP")
     add("--config", metavar="PATH",
         help="INI config file (default $AFMETRICS_CONFIG, else %s when present); '' = no config file, "
