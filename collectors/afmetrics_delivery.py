@@ -1,15 +1,23 @@
-"""Delivery: POSTs documents to the endpoint over a pool of keep-alive connections, with retries inside a
-time budget, and says which documents to keep for a later run."""
+"""Delivery: POSTs documents to the endpoint over a pool of keep-alive connections (directly or through an
+HTTP proxy), with retries inside a time budget, and says which documents to keep for a later run."""
+import base64
 import collections
 import datetime
 import email.utils
 import gzip
 import itertools
 import json
+import logging
 import math
+import os
 import re
 import threading
 import time
+import urllib.parse
+
+from afmetrics_settings import UsageError
+
+log = logging.getLogger("afmetrics")
 
 
 def with_token(document, token):
@@ -32,6 +40,85 @@ def network_failure(error):
 
 
 Outcome = collections.namedtuple("Outcome", "undelivered refused retried")
+
+# How POSTs reach the endpoint. proxy: the proxy's URL without credentials (what the logs show), or None for a
+# direct connection; origin: where it was named ("the proxy setting", "HTTPS_PROXY", ...); headers: its
+# Proxy-Authorization; bypassed: the environment's proxy that NO_PROXY set aside, for the log.
+Route = collections.namedtuple("Route", "proxy origin headers bypassed")
+DIRECT = Route(None, None, {}, None)
+
+
+def environment_proxy(url):
+    """(proxy, variable naming it) that requests takes from the environment for url, or (None, None).
+
+    As requests does (utils.get_environ_proxies, then the URL's scheme, else "all"): the standard library's
+    getproxies() reads <scheme>_proxy in any case, the lower-case one winning (https_proxy over HTTPS_PROXY;
+    an empty one unsets it), and ALL_PROXY/all_proxy when there is none for the scheme.
+    """
+    import urllib.request  # not for debug runs
+
+    scheme = urllib.parse.urlsplit(url).scheme
+    proxies = urllib.request.getproxies()
+    key = scheme if scheme in proxies else "all"
+    value = proxies.get(key)
+    if not value:
+        return None, None
+    names = [name for name in os.environ if name.lower() == key + "_proxy" and os.environ[name] == value]
+    return value, (key + "_proxy" if key + "_proxy" in names else names[0] if names else "the system's proxy")
+
+
+def bypasses_proxy(url):
+    """True when NO_PROXY/no_proxy names url's host, as requests decides it: requests' own function (domain
+    suffixes with or without a leading dot, host:port, IPv4 addresses and CIDR ranges, "*"), imported only
+    when there is a proxy to set aside."""
+    from requests.utils import should_bypass_proxies
+
+    return should_bypass_proxies(url, no_proxy=None)
+
+
+def parse_proxy(value, origin):
+    """The Route through the proxy value names; a UsageError (never showing its credentials) when it cannot
+    be one. As requests does: no scheme means http://; user:password@ (percent-encoded) is sent as Basic
+    Proxy-Authorization."""
+    from urllib3.exceptions import LocationParseError
+    from urllib3.util import parse_url
+
+    try:
+        parts = parse_url(value.strip())
+    except LocationParseError:
+        raise UsageError("%s is not a proxy URL (http://HOST:PORT)" % origin)
+    scheme = (parts.scheme or "http").lower()
+    shown = "%s://%s%s" % (scheme, parts.host or "", ":%d" % parts.port if parts.port else "")
+    if scheme not in ("http", "https"):
+        raise UsageError("%s %s: only http:// and https:// proxies are supported" % (origin, shown))
+    if not parts.host:
+        raise UsageError("%s is not a proxy URL (http://HOST:PORT)" % origin)
+    # The port urllib3 connects to when none is given, shown so that a missing :3128 is plain in the log.
+    shown = "%s://%s:%d" % (scheme, parts.host, parts.port or (443 if scheme == "https" else 80))
+    headers = {}
+    user, _, password = (parts.auth or "").partition(":")
+    if user:
+        credentials = "%s:%s" % (urllib.parse.unquote(user), urllib.parse.unquote(password))
+        try:
+            encoded = credentials.encode("latin-1")  # as requests and curl send it
+        except UnicodeEncodeError:
+            encoded = credentials.encode("utf-8")
+        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(encoded).decode("ascii")
+    return Route(shown, origin, headers, None)
+
+
+def proxy_route(url, setting):
+    """How POSTs to url go: through the proxy setting when it is set (it wins over the environment, NO_PROXY
+    included, as a proxies= argument does in requests); when it is empty, through the proxy the environment
+    names for url unless NO_PROXY sets it aside; else directly."""
+    if setting and setting.strip():
+        return parse_proxy(setting, "the proxy setting")
+    value, variable = environment_proxy(url)
+    if value is None:
+        return DIRECT
+    if bypasses_proxy(url):
+        return DIRECT._replace(bypassed="%s (from %s)" % (parse_proxy(value, variable).proxy, variable))
+    return parse_proxy(value, variable)
 
 # What an answer says (RFC 9110). These refuse the documents themselves: a single one is dropped with a log
 # line, a batch is split until the document at fault is alone. 413 is a batch too large, or a document that
@@ -103,8 +190,19 @@ class Delivery:
                             status_forcelist=RETRY_STATUSES, allowed_methods=None,
                             respect_retry_after_header=True, raise_on_status=False)
         # TLS is always verified: against ca_bundle when given, else the system's CAs.
-        self.pool = urllib3.PoolManager(maxsize=max(1, opts.connections), block=True, retries=retry,
-                                        cert_reqs="CERT_REQUIRED", ca_certs=opts.ca_bundle or None)
+        pool = dict(maxsize=max(1, opts.connections), block=True, retries=retry, cert_reqs="CERT_REQUIRED",
+                    ca_certs=opts.ca_bundle or None)
+        self.route = proxy_route(opts.url, getattr(opts, "proxy", ""))
+        if self.route.proxy:
+            # HTTPS through CONNECT: the tunnel carries TLS from here to the endpoint, verified as above (an
+            # https:// proxy's own certificate too); each kept-alive connection is one tunnel.
+            self.pool = urllib3.ProxyManager(self.route.proxy, proxy_headers=self.route.headers, **pool)
+            log.info("sending to %s through proxy %s (from %s)", opts.url, self.route.proxy, self.route.origin)
+        else:
+            self.pool = urllib3.PoolManager(**pool)
+            if self.route.bypassed:
+                log.info("sending to %s directly: NO_PROXY names its host (not through %s)", opts.url,
+                         self.route.bypassed)
         self.headers = {"Content-Type": "application/json"}
         if opts.gzip:
             self.headers["Content-Encoding"] = "gzip"
@@ -139,10 +237,11 @@ class Delivery:
         try:
             reply = self.pool.request("POST", self.opts.url, body=body, headers=self.headers, timeout=timeout)
         except self.urllib3.exceptions.HTTPError as error:
+            through = " through proxy %s (from %s)" % (self.route.proxy, self.route.origin) if self.route.proxy else ""
             if isinstance(getattr(error, "reason", error), self.urllib3.exceptions.SSLError):
-                self.endpoint_down = "TLS verification of %s failed" % self.opts.url
+                self.endpoint_down = "TLS verification of %s failed%s" % (self.opts.url, through)
             else:
-                self.endpoint_down = "cannot reach %s: %s" % (self.opts.url, network_failure(error))
+                self.endpoint_down = "cannot reach %s%s: %s" % (self.opts.url, through, network_failure(error))
             return False, []
         retried = ["HTTP %d" % attempt.status if attempt.status else network_failure(attempt.error)
                    for attempt in (reply.retries.history if reply.retries else ())]
