@@ -64,7 +64,9 @@ CHOICES = [
     ("https://af.example.org/", {"HTTPS_PROXY": A, "NO_PROXY": ".example.org"}, None),
     ("https://example.org/", {"HTTPS_PROXY": A, "NO_PROXY": ".example.org"}, None),
     ("https://af.example.org/", {"HTTPS_PROXY": A, "NO_PROXY": "example.org"}, None),
-    ("https://notexample.org/", {"HTTPS_PROXY": A, "NO_PROXY": "example.org"}, A),
+    # requests 2.34 matches whole labels only; 2.32.5 (the Python 3.9 pin) and 2.33.0 a bare suffix: the
+    # installed requests decides.
+    ("https://notexample.org/", {"HTTPS_PROXY": A, "NO_PROXY": "example.org"}, "as requests"),
     ("https://af.example.org/", {"HTTPS_PROXY": A, "NO_PROXY": "AF.Example.ORG"}, None),
     ("https://af.example.org/", {"HTTPS_PROXY": A, "NO_PROXY": "localhost, .example.org"}, None),
     ("https://af.example.org:8443/", {"HTTPS_PROXY": A, "NO_PROXY": "af.example.org:8443"}, None),
@@ -82,12 +84,13 @@ CHOICES = [
 def test_proxy_is_chosen_as_requests_chooses_it(monkeypatch, url, variables, expected):
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
-    route = afmetrics_delivery.proxy_route(url, "")
-    assert route.proxy == expected
     # What requests itself would use for a POST to url (Session.request merges the environment so).
     proxies = requests.Session().merge_environment_settings(url, {}, None, None, None)["proxies"]
     chosen = requests.utils.select_proxy(url, proxies)
-    assert (requests.utils.prepend_scheme_if_needed(chosen, "http") if chosen else None) == expected
+    by_requests = requests.utils.prepend_scheme_if_needed(chosen, "http") if chosen else None
+    if expected != "as requests":
+        assert by_requests == expected
+    assert afmetrics_delivery.proxy_route(url, "").proxy == by_requests
     # The setting wins over all of it, NO_PROXY included.
     assert afmetrics_delivery.proxy_route(url, B).proxy == B
 
