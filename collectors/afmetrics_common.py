@@ -238,9 +238,9 @@ def run_collectors(modules, opts, started):
     """Run each collector in turn; one failing never stops the others. Returns the exit status."""
     if not opts.debug and not opts.token:
         raise UsageError("no token: set token in the config file, AFMETRICS_TOKEN or -t (or use -d)")
+    users = UserFilter(opts, log)  # first: a bad user_hash is a usage error before anything is written
     if not opts.debug:
         StateDir(opts.state_dir, log).prepare()
-    users = UserFilter(opts, log)
     deadline = started + opts.run_budget
     delivery = None if opts.debug else Delivery(opts, deadline)
     return max(collect_and_deliver(module, opts, users, delivery, deadline) for module in modules)
