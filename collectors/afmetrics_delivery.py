@@ -120,6 +120,7 @@ def proxy_route(url, setting):
         return DIRECT._replace(bypassed="%s (from %s)" % (parse_proxy(value, variable).proxy, variable))
     return parse_proxy(value, variable)
 
+
 # What an answer says (RFC 9110). These refuse the documents themselves: a single one is dropped with a log
 # line, a batch is split until the document at fault is alone. 413 is a batch too large, or a document that
 # no batch size can help.
