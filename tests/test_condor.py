@@ -220,3 +220,28 @@ def test_unreachable_schedd_is_one_line_and_host_still_reported(version, scenari
     kinds = [json.loads(line)["kind"] for line in (tmp_path / "host.json").read_text().splitlines()]
     assert kinds == ["CPU", "MEM", "DISK"]
     assert not (tmp_path / "state" / condor.WATERMARK_STATE).exists()  # nothing reported, nothing skipped
+
+
+def test_a_scan_cut_short_by_the_limit_is_one_warning(run_collector, tmp_path):
+    # condor_history here prints the two newest ads whatever it is asked, and records what it was asked.
+    tools, state = tmp_path / "bin", tmp_path / "state"
+    tools.mkdir()
+    state.mkdir()
+    (tools / "condor_q").write_text("#!/bin/sh\n")
+    (tools / "condor_history").write_text("#!/bin/sh\necho \"$@\" > '%s'\necho 'bob 9 0 4 2.0 %d %d'\n"
+                                          "echo 'bob 8 0 3 0.0 undefined %d'\n"
+                                          % (tmp_path / "asked", NOW, NOW, NOW))
+    for tool in ("condor_q", "condor_history"):
+        (tools / tool).chmod(0o755)
+    (state / condor.WATERMARK_STATE).write_text(json.dumps({"cursor": "5.0", "queued": {}}))
+    env = {"PATH": "%s:/usr/bin:/bin" % tools}
+    done = run_collector("condor.py", "-d", "--history-scan-limit", "2", "--state-dir", state, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "asked").read_text().split()[:4] == ["-since", "5.0", "-limit", "2"]
+    assert log_lines(done.stderr) == ["WARNING:condor:condor_history: the newest 2 ads (history_scan_limit) do not "
+                                      "reach job 5.0, the newest the previous run saw: older ones are not reported"]
+    assert [json.loads(line)["Id"] for line in (tmp_path / "condor.json").read_text().splitlines()] == ["9.0", "8.0"]
+
+    done = run_collector("condor.py", "-d", "--history-scan-limit", "0", "--state-dir", state, cwd=tmp_path, env=env)
+    assert done.returncode == 2
+    assert log_lines(done.stderr) == ["ERROR:afmetrics:history_scan_limit must be at least 1, not 0"]
