@@ -76,7 +76,10 @@ def receiver(certificate_authority, ca_file):
 
 def collector_environment(extra=None):
     """The environment of a cron run: nothing of the developer's AFMETRICS_* settings leaks in."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("AFMETRICS_", "KUBECONFIG"))}
+    # Nor the developer's proxy: the collectors honour it, as requests does, and the receiver is on loopback.
+    proxies = {"https_proxy", "http_proxy", "all_proxy", "no_proxy"}
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("AFMETRICS_", "KUBECONFIG")) and key.lower() not in proxies}
     env["AFMETRICS_CONFIG"] = ""  # never the machine's /etc/afmetrics/afmetrics.conf
     env["AFMETRICS_LOG_FILE"] = ""  # logs on stderr, where the tests read them
     env.update(extra or {})
