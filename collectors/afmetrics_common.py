@@ -90,7 +90,7 @@ def write_debug_file(name, documents, token):
 class Run:
     """What a collector's collect() gets: its settings, logger, state dir, user filter and host name.
 
-    State a collector wants to keep (a watermark, a baseline) goes in after_delivery as a function: it runs
+    State a collector wants to keep (a history cursor, a baseline) goes in after_delivery as a function: it runs
     only in a real run, once every document of the run was delivered or spooled.
     """
 

@@ -156,7 +156,7 @@ def add_common_arguments(parser):
     add("--log-file", metavar="PATH",
         help="append logs here (default %s when its directory exists; '' = stderr only)" % DEFAULT_LOG_FILE)
     add("--state-dir", metavar="DIR",
-        help="counters, watermark, locks and spool (default /var/lib/afmetrics as root)")
+        help="counters, history cursor, locks and spool (default /var/lib/afmetrics as root)")
     add("--ca-bundle", metavar="PEM", help="CA bundle to verify the endpoint with")
     add("--timeout", metavar="SECONDS", type=non_negative_number,
         help="limit for one command or API call (default 60)")
