@@ -30,7 +30,7 @@ def send_afmetrics(args, docs):
     opts = argparse.Namespace(url=args.url, ca_bundle=args.ca, send_budget=3600.0, run_budget=math.inf, gzip=False,
                               connections=args.connections, batch_size=args.batch_size)
     outcome = afmetrics_delivery.Delivery(opts, math.inf).deliver(docs, "bench-token", logging.getLogger("bench"))
-    return len(outcome.undelivered) + outcome.refused
+    return len(outcome.undelivered) + len(outcome.refused)
 
 
 def send_new_connection(args, docs):

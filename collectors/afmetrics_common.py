@@ -168,10 +168,18 @@ def collect_and_deliver(module, opts, users, delivery, deadline):
     run = Run(module.NAME, opts, users, deadline)
     collection = Collection(module, run)
     if opts.debug:
-        write_debug_file(module.NAME, collection, opts.token)
+        try:
+            write_debug_file(module.NAME, collection, opts.token)
+        except OSError as error:
+            run.log.error("cannot write the debug file: %s: %s", error.strerror, error.filename)
+            return EXIT_FAILED
         run.log.info("collected %d document(s)", collection.count)
         return EXIT_FAILED if collection.failed or run.partly_failed else EXIT_OK
-    lock = run.state.try_lock(module.NAME)
+    try:
+        lock = run.state.try_lock(module.NAME)
+    except OSError as error:
+        run.log.error("cannot lock: %s: %s", error.strerror, error.filename)
+        return EXIT_FAILED
     if lock is None:
         run.log.warning("previous %s run still going: this run skipped", module.NAME)
         return EXIT_OK
@@ -217,21 +225,32 @@ def deliver_with_spool(run, collection, delivery, is_snapshot):
             run.log.error("cannot rewrite the spool: %s: %s (its delivered documents will be sent again)",
                           error.strerror, error.filename)
     fresh = delivery.deliver(collection, run.opts.token, run.log)
-    if fresh.undelivered:
-        undelivered = spooled.undelivered + [dict(d, timestamp=d.get("timestamp", collected_ms))
-                                             for d in fresh.undelivered]
+    refused = spooled.refused + fresh.refused
+    if len(refused) > 1 and not delivery.accepted:
+        # An endpoint that refuses every one of several documents (a front end answering 400 to all) is a
+        # wrong endpoint, not a run of bad documents: they are kept like any other failure's.
+        delivery.endpoint_down = delivery.endpoint_down or "%s refused every document (HTTP %s)" % (
+            run.opts.url, "/".join(sorted({str(status) for _, status in refused})))
+    else:
+        for document, status in refused:
+            run.log.error("%s refused a %s document with HTTP %d: dropped", run.opts.url, document["kind"], status)
+        refused = []
+    to_keep = [dict(d, timestamp=d.get("timestamp", collected_ms))
+               for d in fresh.undelivered + [document for document, _ in refused]]
+    if to_keep:
+        undelivered = spooled.undelivered + to_keep
         try:
             kept = spool.save(undelivered)
         except OSError as error:
             run.log.error("cannot keep %d document(s): %s: %s", len(undelivered), error.strerror, error.filename)
             return None
     delivery.log_retries(spooled.retried + fresh.retried, run.log)
-    refused = spooled.refused + fresh.refused
+    dropped = len(spooled.refused) + len(fresh.refused) - len(refused)
     if kept:
         run.log.error("%d document(s) not delivered (%s): kept for the next run", kept, delivery.why_not)
     else:
-        run.log.info("delivered %d document(s)", len(waiting) + collection.count - refused)
-    return not kept and not refused
+        run.log.info("delivered %d document(s)", len(waiting) + collection.count - dropped)
+    return not kept and not dropped
 
 
 def run_collectors(modules, opts, started):

@@ -39,6 +39,7 @@ def network_failure(error):
     return "%s (%s)" % (type(cause).__name__, detail) if detail else type(cause).__name__
 
 
+# refused: (document, HTTP status) of each document the endpoint refused on its own merits.
 Outcome = collections.namedtuple("Outcome", "undelivered refused retried")
 
 # How POSTs reach the endpoint. proxy: the proxy's URL without credentials (what the logs show), or None for a
@@ -139,11 +140,11 @@ def retry_after_seconds(value):
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+            if when.tzinfo is None:  # RFC 9110: an HTTP-date is in GMT
+                when = when.replace(tzinfo=datetime.timezone.utc)
+            seconds = when.timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):  # no date, or a year no clock reaches
             return None
-        if when.tzinfo is None:  # RFC 9110: an HTTP-date is in GMT
-            when = when.replace(tzinfo=datetime.timezone.utc)
-        seconds = when.timestamp() - time.time()
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
@@ -157,6 +158,9 @@ class Delivery:
 
     RETRIES = 3
     CONNECT_TIMEOUT, READ_TIMEOUT = 10.0, 30.0
+    # A read timeout bounds each recv, not a reply: an endpoint trickling a byte at a time could hold a sender
+    # for ever. Past the budget by this much, senders still waiting are left behind and their documents kept.
+    STRAGGLER_GRACE = 5.0
 
     def __init__(self, opts, run_deadline):
         # urllib3 itself rather than requests on top of it: a quarter of the CPU per POST, which matters
@@ -186,6 +190,7 @@ class Delivery:
         self.run_deadline = run_deadline
         self.deadline = min(time.monotonic() + opts.send_budget, run_deadline)
         self.endpoint_down, self.budget_used_up = None, False
+        self.accepted = 0  # documents the endpoint took since start_budget()
         self.batched = opts.batch_size > 1
         retry = BudgetRetry(total=self.RETRIES, backoff_factor=0.5, backoff_jitter=0.5, backoff_max=10,
                             status_forcelist=RETRY_STATUSES, allowed_methods=None,
@@ -210,7 +215,7 @@ class Delivery:
 
     def start_budget(self):
         self.deadline = min(time.monotonic() + self.opts.send_budget, self.run_deadline)
-        self.budget_used_up = False
+        self.budget_used_up, self.accepted = False, 0
 
     @property
     def why_not(self):
@@ -236,7 +241,9 @@ class Delivery:
         timeout = self.urllib3.Timeout(connect=min(self.CONNECT_TIMEOUT, per_attempt),
                                        read=min(self.READ_TIMEOUT, per_attempt))
         try:
-            reply = self.pool.request("POST", self.opts.url, body=body, headers=self.headers, timeout=timeout)
+            # No redirects: a maintenance page that answers 200 elsewhere would take the documents and the token.
+            reply = self.pool.request("POST", self.opts.url, body=body, headers=self.headers, timeout=timeout,
+                                      redirect=False)
         except self.urllib3.exceptions.HTTPError as error:
             through = " through proxy %s (from %s)" % (self.route.proxy, self.route.origin) if self.route.proxy else ""
             if isinstance(getattr(error, "reason", error), self.urllib3.exceptions.SSLError):
@@ -251,30 +258,32 @@ class Delivery:
         if reply.status in REFUSE_DOCUMENTS:
             return reply.status, retried
         # Every other document would meet the same answer.
-        self.endpoint_down = "%s answered HTTP %d" % (self.opts.url, reply.status)
+        location = reply.headers.get("Location")
+        self.endpoint_down = "%s answered HTTP %d%s" % (self.opts.url, reply.status,
+                                                        " (a redirect to %s)" % location if location else "")
         return False, []
 
-    def _send(self, chunk, token, logger):
-        """Send one chunk of documents: (to keep, number refused for good, failures retried past)."""
+    def _send(self, chunk, token):
+        """Send one chunk of documents: (to keep, [(document, status)] refused, failures retried past)."""
         payload = [with_token(d, token) for d in chunk] if self.batched else with_token(chunk[0], token)
         verdict, retried = self._post(payload)
         if verdict is True:
-            return [], 0, retried
+            self.accepted += len(chunk)
+            return [], [], retried
         if verdict is False:
-            return chunk, 0, retried
+            return chunk, [], retried
         if len(chunk) > 1:
             # The endpoint refused the batch: halves until the documents at fault stand alone.
             # Said as a retry: an admin seeing it often lowers batch_size.
             half = len(chunk) // 2
-            first, second = self._send(chunk[:half], token, logger), self._send(chunk[half:], token, logger)
+            first, second = self._send(chunk[:half], token), self._send(chunk[half:], token)
             split = ["HTTP %d (batch split)" % verdict]
             return first[0] + second[0], first[1] + second[1], retried + split + first[2] + second[2]
-        logger.error("%s refused a %s document with HTTP %d: dropped", self.opts.url, chunk[0]["kind"], verdict)
-        return [], 1, retried
+        return [], [(chunk[0], verdict)], retried
 
     def deliver(self, documents, token, logger):
-        """Send documents (any iterable), oldest first, and return an Outcome: what to keep, how many were
-        refused for good (each logged and dropped), and the failures that retries got past."""
+        """Send documents (any iterable), oldest first, and return an Outcome: what to keep, what the endpoint
+        refused (the caller decides whether to drop it), and the failures that retries got past."""
         size, workers = max(1, self.opts.batch_size), max(1, self.opts.connections)
         # A few requests in flight hide the endpoint's round trip; more would only load the receiver. Each
         # sender pulls its next chunk from the collector itself, so documents are made, sent and forgotten as
@@ -283,19 +292,28 @@ class Delivery:
         documents = iter(documents)
         chunks = enumerate(iter(lambda: list(itertools.islice(documents, size)), []))
         lock = threading.Lock()
-        undelivered, retried, refused, failure = [], [], [], []
+        undelivered, retried, refused, failure, in_flight = [], [], [], [], {}
+        closed = []  # set once the caller stopped waiting: what a straggler brings back then is ignored
 
         def send_chunks():
             try:
                 while True:
                     with lock:
-                        number, chunk = next(chunks, (None, None)) if not failure else (None, None)
-                    if chunk is None:
-                        return
-                    kept, refused_count, retried_past = self._send(chunk, token, logger)
+                        number, chunk = next(chunks, (None, None)) if not (failure or closed) else (None, None)
+                        if chunk is None:
+                            return
+                        in_flight[number] = chunk
+                    try:
+                        kept, refused_here, retried_past = self._send(chunk, token)
+                    except Exception as error:  # a bug of ours in one request: keep its documents, not the run's
+                        self.endpoint_down = "delivery failed: %s: %s" % (type(error).__name__, error)
+                        kept, refused_here, retried_past = chunk, [], []
                     with lock:
+                        if closed:
+                            return
+                        del in_flight[number]
                         retried.extend(retried_past)
-                        refused.append(refused_count)
+                        refused.extend(refused_here)
                         if kept:
                             undelivered.append((number, kept))
             except BaseException as error:  # raised again in the caller's thread
@@ -305,12 +323,20 @@ class Delivery:
         senders = [threading.Thread(target=send_chunks, daemon=True) for _ in range(workers)]
         for sender in senders:
             sender.start()
+        give_up = self.deadline + self.STRAGGLER_GRACE
         for sender in senders:
-            sender.join()
-        if failure:
-            raise failure[0]
+            sender.join(max(0.0, give_up - time.monotonic()))
+        with lock:
+            closed.append(True)
+            if failure:
+                raise failure[0]
+            if in_flight:
+                self.endpoint_down = self.endpoint_down or "%s did not finish answering within the time budget" \
+                    % self.opts.url
+                undelivered.extend(in_flight.items())
+                undelivered.extend(chunks)  # the rest, never tried
         undelivered.sort(key=lambda numbered: numbered[0])
-        return Outcome([d for _, chunk in undelivered for d in chunk], sum(refused), retried)
+        return Outcome([d for _, chunk in undelivered for d in chunk], refused, retried)
 
     def log_retries(self, retried, logger):
         """One line for the failures that retries got past: the endpoint accepted in the end."""

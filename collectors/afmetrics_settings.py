@@ -258,6 +258,16 @@ def command_line_value(setting, given):
     return given
 
 
+def check_url(url):
+    """An endpoint URL delivery can use: https:// (http:// with a warning: the token would travel in clear);
+    anything else, af.atlas-ml.org without its scheme above all, is a UsageError."""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme not in ("https", "http"):
+        raise UsageError("url %s: give the endpoint as https://HOST/..." % url)
+    if scheme == "http":
+        log.warning("url %s is plain http: the token and the documents travel unencrypted", url)
+
+
 def check_ca_bundle(path):
     """A CA bundle that cannot be loaded would fail every delivery: a UsageError naming it instead."""
     try:
@@ -288,8 +298,10 @@ def resolve_settings(parser, settings, argv=None):
         setattr(args, setting.name, configured_value(setting, config_path, file_values) if given is None
                 else command_line_value(setting, given))
     args.state_dir = args.state_dir or _default_state_dir()
-    if args.ca_bundle and not args.debug:
-        check_ca_bundle(args.ca_bundle)
+    if not args.debug:
+        check_url(args.url)
+        if args.ca_bundle:
+            check_ca_bundle(args.ca_bundle)
     return args
 
 

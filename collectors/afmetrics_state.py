@@ -10,6 +10,8 @@ import time
 
 from afmetrics_settings import UsageError
 
+FILE_MODE = 0o644
+
 
 class StateDir:
     """Small JSON files that carry counters between runs, written atomically."""
@@ -44,14 +46,17 @@ class StateDir:
         self.write_text(name, json.dumps(value))
 
     def write_text(self, name, text):
-        # A crash leaves either the old or the new file, never a torn one.
+        # A crash leaves either the old or the new file, never a torn one. Mode 0644 whatever the umask: a hand
+        # run as root must leave files the run user's cron runs can still read (the directory guards them).
         target = self.file(name)
         temporary = "%s.%d.tmp" % (target, os.getpid())
         try:
-            with open(temporary, "w", encoding="utf-8") as handle:
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            with open(descriptor, "w", encoding="utf-8") as handle:
+                os.fchmod(descriptor, FILE_MODE)
                 handle.write(text)
                 handle.flush()
-                os.fsync(handle.fileno())
+                os.fsync(descriptor)
             os.replace(temporary, target)
         except OSError as error:
             try:
@@ -61,8 +66,16 @@ class StateDir:
             raise OSError(error.errno, error.strerror, target)
 
     def try_lock(self, name):
-        """An open, flock-ed file kept for the run, or None when a previous run still holds it."""
-        handle = open(self.file(name + ".lock"), "a")
+        """An open, flock-ed file kept for the run, or None when a previous run still holds it; OSError when
+        the lock file cannot be opened (a directory in the way). Read-only: flock needs no more, and a lock
+        file another user made (a hand run as root) is still readable."""
+        path = self.file(name + ".lock")
+        try:
+            handle = open(os.open(path, os.O_RDONLY | os.O_CREAT, FILE_MODE))
+        except OSError as error:
+            raise OSError(error.errno, error.strerror, path)
+        if os.fstat(handle.fileno()).st_uid == os.geteuid():
+            os.fchmod(handle.fileno(), FILE_MODE)  # the umask must not make it another user's to open
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
@@ -87,6 +100,7 @@ class Spool:
         self.max_documents = max(0, opts.spool_max_documents)
         self.max_age_ms = opts.spool_max_age_hours * 3600 * 1000
         self.needs_rewrite = False
+        self.unreadable = None  # the OSError that kept load() from reading the file: save() must not replace it
 
     def path(self):
         return self.state.file(self.name)
@@ -95,11 +109,11 @@ class Spool:
         cutoff = time.time() * 1000 - self.max_age_ms
         documents, corrupt, expired = [], 0, 0
         try:
-            with open(self.path(), encoding="utf-8") as handle:
+            with open(self.path(), "rb") as handle:  # bytes: one bad byte spoils its line, not the file
                 for line in handle:
                     try:
-                        document = json.loads(line)
-                    except ValueError:
+                        document = json.loads(line.decode("utf-8"))
+                    except ValueError:  # UnicodeDecodeError is one
                         document = None
                     if not (isinstance(document, dict) and isinstance(document.get("kind"), str)
                             and isinstance(document.get("timestamp"), (int, float))):
@@ -110,9 +124,10 @@ class Spool:
                         documents.append(document)
         except FileNotFoundError:
             pass
-        except (OSError, UnicodeDecodeError) as error:
-            # Left as it is: a file we cannot read may still be one we must not overwrite.
+        except OSError as error:
+            # Left as it is: what it holds is not ours to overwrite, so save() refuses and the state stays put.
             self.log.warning("spool %s is unreadable (%s): starting afresh", self.path(), error)
+            self.unreadable = OSError(error.errno, error.strerror, self.path())
         if corrupt:
             self.log.warning("spool %s: %d corrupt line(s) dropped", self.path(), corrupt)
         if expired:
@@ -122,7 +137,10 @@ class Spool:
         return documents
 
     def save(self, documents):
-        """Replace the spool by documents (each with its timestamp), within the bounds; raises OSError."""
+        """Replace the spool by documents (each with its timestamp), within the bounds; raises OSError, also
+        when load() could not read the spool there."""
+        if self.unreadable:
+            raise self.unreadable
         cutoff = time.time() * 1000 - self.max_age_ms
         kept = [document for document in documents if document["timestamp"] >= cutoff]
         if len(kept) < len(documents):

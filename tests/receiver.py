@@ -10,6 +10,8 @@ Logstash's json codec does). Faults, each until restore():
   client cannot know it arrived (`lost` holds those documents: the only ones that may arrive twice);
 - refuse_documents(status, predicate): a request holding a document for which predicate is true gets status;
 - limit_batch(size): a JSON array of more than size documents gets 413 (Payload Too Large);
+- redirect_to(url): every request gets 302 with Location: url (an ingress pointing at a maintenance page);
+- trickle(): every request gets 200 and then its body a byte every 0.2 s, for ever (a broken proxy);
 - refuse(): nothing listens on the port;
 - present(cert): the port serves a certificate of another CA.
 """
@@ -20,6 +22,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -68,13 +71,30 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if lose_reply:
             self._reset()
             return
+        if receiver.trickling:
+            self._trickle()
+            return
         reply = b"ok" if status == 200 else b"fault"
         self.send_response(status)
         if retry_after is not None:
             self.send_header("Retry-After", str(retry_after))
+        if receiver.location:
+            self.send_header("Location", receiver.location)
         self.send_header("Content-Length", str(len(reply)))
         self.end_headers()
         self.wfile.write(reply)
+
+    def _trickle(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        try:
+            while self.server.receiver.trickling:
+                self.wfile.write(b"k")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:  # the client gave up
+            pass
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -99,6 +119,7 @@ class Receiver:
         self.documents, self.requests, self.answers, self.lost = [], [], [], []
         self.always, self.resetting, self.replies_to_lose = None, False, 0
         self.refusals, self.batch_limit = [], None
+        self.location, self.trickling = None, False
         self.hang, self.released, self.hanging, self.hang_seconds = (threading.Event(), threading.Event(),
                                                                      threading.Event(), 60)
         self.ca_file = ca_file
@@ -151,6 +172,13 @@ class Receiver:
                     return status
         return 200
 
+    def redirect_to(self, url):
+        with self.lock:
+            self.always, self.location = (302, None), url
+
+    def trickle(self):
+        self.trickling = True
+
     def reset_mid_request(self):
         self.resetting = True
 
@@ -170,6 +198,7 @@ class Receiver:
         with self.lock:
             self.answers, self.always, self.resetting, self.replies_to_lose = [], None, False, 0
             self.refusals, self.batch_limit = [], None
+            self.location, self.trickling = None, False
         self.hang.clear()
         self.released.set()
         self.released = threading.Event()
@@ -187,5 +216,6 @@ class Receiver:
         return [document for document in self.documents if document["kind"] == kind]
 
     def close(self):
+        self.trickling = False
         self.released.set()
         self._stop_listening()

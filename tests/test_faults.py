@@ -24,6 +24,7 @@ import afmetrics_delivery
 import afmetrics_privacy
 import utmp
 from conftest import COLLECTORS, collector_environment, json_lines, log_lines
+from receiver import Receiver
 
 TOKEN = "tok-5e1d2a9c40"
 COLLECTED_SSH = {"kind": "ssh", "cluster": "UC-AF", "login_node": afmetrics_privacy.host_name(),
@@ -260,14 +261,14 @@ def deliver(delivery, documents):
 
 def test_retry_after_is_honoured(receiver, sleeps):
     receiver.fail_next(429, retry_after=2)
-    assert deliver(delivery_to(receiver), [COLLECTED_SSH]) == ([], 0, ["HTTP 429"])
+    assert deliver(delivery_to(receiver), [COLLECTED_SSH]) == ([], [], ["HTTP 429"])
     assert sleeps == [2]
     assert len(receiver.requests) == 2
 
 
 def test_backoff_is_exponential_with_jitter(receiver, sleeps):
     receiver.fail_next(500, 502, 504)
-    assert deliver(delivery_to(receiver), [COLLECTED_SSH]) == ([], 0, ["HTTP 500", "HTTP 502", "HTTP 504"])
+    assert deliver(delivery_to(receiver), [COLLECTED_SSH]) == ([], [], ["HTTP 500", "HTTP 502", "HTTP 504"])
     # urllib3 retries the first failure at once, then waits 0.5 * 2^n s plus up to 0.5 s of jitter.
     assert len(sleeps) == 2 and 1 <= sleeps[0] <= 1.5 and 2 <= sleeps[1] <= 2.5
     assert len(receiver.requests) == 4
@@ -297,7 +298,7 @@ def test_retry_after_as_a_fraction_or_an_http_date_is_honoured(value, receiver, 
     """RFC 9110 allows an HTTP-date; a fraction is not allowed but seen, and urllib3 raises on it."""
     header = value if value == "1.5" else email.utils.formatdate(time.time() + 3, usegmt=True)
     receiver.fail_next(429, retry_after=header)
-    assert deliver(delivery_to(receiver), [COLLECTED_SSH]) == ([], 0, ["HTTP 429"])
+    assert deliver(delivery_to(receiver), [COLLECTED_SSH]) == ([], [], ["HTTP 429"])
     [slept] = sleeps
     assert slept == 1.5 if value == "1.5" else 1 <= slept <= 3
 
@@ -351,3 +352,46 @@ def test_run_budget_ends_a_slow_source_and_keeps_what_is_left(run_collector, rec
     assert re.match(r"ERROR:ssh:who did not answer within [\d.]+ s$", who_failed), who_failed
     assert host_kept == "ERROR:host:3 document(s) not delivered (run budget of 3 s used up): kept for the next run"
     assert receiver.documents == []
+
+
+def test_retry_after_of_a_year_no_clock_reaches_is_ignored(receiver, sleeps):
+    receiver.fail_next(429, retry_after="Mon, 01 Jan 99999999999999999999 00:00:00 GMT")
+    assert deliver(delivery_to(receiver), [COLLECTED_SSH]) == ([], [], ["HTTP 429"])
+
+
+def test_a_redirect_is_not_followed_and_the_documents_are_kept(run_collector, receiver, certificate_authority,
+                                                               sessions, state):
+    maintenance = Receiver(certificate_authority.issue_cert("127.0.0.1"), receiver.ca_file)
+    try:
+        receiver.redirect_to(maintenance.url + "maintenance")
+        done = run_umbrella(run_collector, receiver, sessions, state)
+        assert done.returncode == 1
+        assert maintenance.requests == []  # neither the documents nor the token went there
+    finally:
+        maintenance.close()
+    reason = "%s answered HTTP 302 (a redirect to %smaintenance)" % (receiver.url, maintenance.url)
+    assert problems(done)[0] == "ERROR:ssh:1 document(s) not delivered (%s): kept for the next run" % reason
+    assert len(spooled(state)) == collected(done)
+
+
+def test_an_endpoint_trickling_its_reply_cannot_hold_the_run_past_its_budget(run_collector, receiver, sessions,
+                                                                             state):
+    receiver.trickle()
+    started = time.monotonic()
+    done = run_umbrella(run_collector, receiver, sessions, state, "--send-budget", 2)
+    took = time.monotonic() - started
+    assert took < 2 + afmetrics_delivery.Delivery.STRAGGLER_GRACE + PYTHON_START_SLACK, took
+    assert done.returncode == 1
+    assert problems(done)[0] == ("ERROR:ssh:1 document(s) not delivered (%s did not finish answering within the "
+                                 "time budget): kept for the next run" % receiver.url)
+    assert len(spooled(state)) == collected(done)
+
+
+def test_an_endpoint_refusing_every_document_keeps_them(run_collector, receiver, state):
+    receiver.answer_always(400)
+    done = run_collector("host.py", "--disk", "/", "--state-dir", state, *receiver.args(),
+                         env={"AFMETRICS_TOKEN": TOKEN}, cwd=state.parent)
+    assert done.returncode == 1
+    assert problems(done) == ["ERROR:host:3 document(s) not delivered (%s refused every document (HTTP 400)): "
+                              "kept for the next run" % receiver.url]
+    assert sorted(d["kind"] for d in spooled(state)) == ["CPU", "DISK", "MEM"]

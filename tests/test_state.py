@@ -282,3 +282,63 @@ def test_state_that_cannot_be_saved_is_one_line_and_the_next_collector_runs(rece
                       "again)" % (state / host.NETWORK_STATE)]
     assert sorted(receiver.kinds()) == ["CPU", "DISK", "MEM", "ssh"]  # ssh ran after host's failure
     assert not list(state.glob("*.tmp"))
+
+
+def test_a_hand_run_as_root_leaves_a_state_dir_the_run_users_cron_runs_can_use(nobody_home, receiver, sessions):
+    state, work = (os.path.join(nobody_home, name) for name in ("state", "work"))
+    for directory in (state, work):
+        os.mkdir(directory)
+        os.chown(directory, 65534, 65534)
+    os.chmod(state, 0o700)
+    utmp_file = shutil.copy(sessions, nobody_home)
+    ca_file = shutil.copy(receiver.ca_file, nobody_home)
+    command = [sys.executable, str(COLLECTORS / "afmetrics_collector"), "-s", "--host", "--disk", "/", "--utmp",
+               utmp_file, "--state-dir", state, "-u", receiver.url, "--ca-bundle", ca_file]
+    env = collector_environment({"AFMETRICS_TOKEN": TOKEN})
+    receiver.answer_always(401)  # the root run leaves a spool, locks and baselines behind
+    as_root = subprocess.run(command, capture_output=True, text=True, cwd=work, env=env, timeout=60,
+                             preexec_fn=lambda: os.umask(0o077))
+    assert as_root.returncode == 1, as_root.stderr
+    receiver.restore()
+    as_nobody = subprocess.run(AS_NOBODY + command, capture_output=True, text=True, cwd=work, env=env, timeout=60)
+    assert as_nobody.returncode == 0, as_nobody.stderr
+    assert [line for line in log_lines(as_nobody.stderr) if not line.startswith("INFO")] == []
+    assert sorted(d["kind"] for d in receiver.documents if "timestamp" in d) == ["CPU", "DISK", "MEM", "ssh"]
+
+
+def test_a_lock_that_cannot_be_opened_is_one_line_and_the_next_collector_runs(run_collector, receiver, sessions,
+                                                                              tmp_path):
+    state = tmp_path / "state"
+    (state / "ssh.lock").mkdir(parents=True)
+    done = run_collector("afmetrics_collector", "-s", "--host", "--disk", "/", "--utmp", sessions,
+                         "--state-dir", state, *receiver.args(), env={"AFMETRICS_TOKEN": TOKEN}, cwd=tmp_path)
+    assert done.returncode == 1
+    assert [line for line in log_lines(done.stderr) if line.startswith("ERROR")] == [
+        "ERROR:ssh:cannot lock: Is a directory: %s" % (state / "ssh.lock")]
+    assert receiver.kinds() == ["CPU", "DISK", "MEM"]
+
+
+def test_a_bad_byte_in_the_spool_costs_its_line_only(run_collector, receiver, sessions, tmp_path):
+    state = tmp_path / "state"
+    seeded = seed_spool(state, "ssh", [{"kind": "ssh", "users": [str(n)]} for n in range(3)])
+    lines = [json.dumps(d).encode() for d in seeded]
+    (state / "spool-ssh.jsonl").write_bytes(b"\n".join(lines[:1] + [b'{"kind": "ssh\xff"}'] + lines[1:]) + b"\n")
+    done = run_collector("ssh.py", "--utmp", sessions, "--state-dir", state, *receiver.args(),
+                         env={"AFMETRICS_TOKEN": TOKEN}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert log_lines(done.stderr) == ["WARNING:ssh:spool %s: 1 corrupt line(s) dropped" % (state / "spool-ssh.jsonl")]
+    assert all(dict(d, token=TOKEN) in receiver.documents for d in seeded)
+
+
+def test_a_url_without_its_scheme_is_a_usage_error(run_collector, tmp_path):
+    done = run_collector("host.py", "-u", "af.atlas-ml.org", "--state-dir", tmp_path / "state",
+                         env={"AFMETRICS_TOKEN": TOKEN}, cwd=tmp_path)
+    assert done.returncode == 2
+    assert log_lines(done.stderr) == ["ERROR:afmetrics:url af.atlas-ml.org: give the endpoint as https://HOST/..."]
+
+
+def test_a_debug_file_that_cannot_be_written_is_one_line(run_collector, tmp_path):
+    (tmp_path / "host.json").mkdir()
+    done = run_collector("host.py", "-d", "--disk", "/", cwd=tmp_path)
+    assert done.returncode == 1
+    assert log_lines(done.stderr) == ["ERROR:host:cannot write the debug file: Is a directory: host.json"]
