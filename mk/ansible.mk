@@ -1,4 +1,4 @@
-# The Ansible role: ansible-lint (production profile) and Molecule on disposable Debian 12 containers.
+# The Ansible role: ansible-lint (production profile) and Molecule on disposable Debian 11, 12 and 13 containers.
 # Their tools come from requirements-ansible.txt, installed into the project venv only for these targets.
 .PHONY: lint-ansible molecule
 
@@ -11,8 +11,8 @@ $(ANSIBLE_STAMP): $(STAMP) requirements-ansible.txt
 lint-ansible: $(ANSIBLE_STAMP)
 	. $(VENV)/bin/activate && ansible-lint --profile production
 
-# Builds (first time, about a minute) or loads the cached base image, starts dockerd when needed; outside CI a
-# machine that cannot run containers gets one line saying Molecule was skipped.
+# Builds (first time, about 3 minutes, the three releases at once) or loads the cached base images, starts dockerd
+# when needed; outside CI a machine that cannot run containers gets one line saying Molecule was skipped.
 molecule: $(ANSIBLE_STAMP)
 	VENV=$(VENV) scripts/molecule-test
 
