@@ -25,10 +25,10 @@ from afmetrics_settings import (COLLECTOR_SETTINGS, COMMON_SETTINGS, KUBERNETES_
                                 __version__, add_common_arguments, resolve_settings, warn_about_visible_secrets)
 from afmetrics_record import LastError, load_record, recorded_collectors, save_record
 from afmetrics_state import Spool, StateDir
-from afmetrics_status import status_report, write_textfile
+from afmetrics_status import UNKNOWN as STATUS_UNKNOWN, status_report, write_textfile
 
-__all__ = ["COLLECTOR_SETTINGS", "COMMON_SETTINGS", "KUBERNETES_SERVICEACCOUNT_DIR", "SourceError", "StateDir",
-           "UsageError", "__version__", "main", "network_failure", "recorded_collectors", "script_main"]
+__all__ = ["COLLECTOR_SETTINGS", "COMMON_SETTINGS", "KUBERNETES_SERVICEACCOUNT_DIR", "SourceError", "UsageError",
+           "__version__", "main", "network_failure", "script_main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -104,11 +104,13 @@ class Run:
         self.state = StateDir(opts.state_dir, self.log)
         self.after_delivery = []
         self.partly_failed = False
+        self.source_error = ""  # the first source failure's line, for the run record
 
     def source_failed(self, error):
         """One of several sources failed: say so, keep the others' documents, and exit 1 in the end."""
         self.log.error("%s", error)
         self.partly_failed = True
+        self.source_error = self.source_error or str(error)
 
     def timeout(self):
         """The limit for one command or API call: --timeout, or what is left of the run budget when less."""
@@ -144,10 +146,13 @@ class Collection:
         except SourceError as error:
             run.log.error("%s", error)
             self.failed = True
+            run.source_error = run.source_error or str(error)
         except Exception as error:  # a bug must not stop the other collectors of an umbrella run
             run.log.error("%s collector failed: %s: %s", self.module.NAME, type(error).__name__, error)
             run.log.debug("traceback", exc_info=True)
             self.failed = True
+            run.source_error = run.source_error or "%s collector failed: %s: %s" % (
+                self.module.NAME, type(error).__name__, error)
         else:
             self.complete = True
 
@@ -188,7 +193,7 @@ def collect_and_deliver(module, opts, users, delivery, deadline):
         run.log.warning("previous %s run still going: this run skipped", module.NAME)
         return EXIT_OK
     with lock:
-        started = time.time()
+        started = time.time(), time.monotonic()
         with LastError() as last_error:
             delivered = deliver_with_spool(run, collection, delivery, replaced_by_next_run(module))
             if collection.complete:
@@ -209,13 +214,14 @@ def collect_and_deliver(module, opts, users, delivery, deadline):
 
 
 def keep_record(run, started, status, collection, delivered, last_error):
-    """Write the run's record (and the textfile from every collector's record); return the exit status, 1 when
-    the record cannot be written: --status would go on showing an older run as the last."""
+    """Write the run's record (started: its time.time() and time.monotonic()), and the textfile from every
+    collector's record; return the exit status, 1 when the record cannot be written: --status would go on
+    showing an older run as the last."""
     counts = dict(collected=collection.count, delivered=delivered.delivered, spooled=delivered.spooled,
                   refused=delivered.refused, dropped=delivered.dropped, spool_documents=delivered.spool_documents)
     try:
-        save_record(run.state, run.name, started, status, counts, delivered.spool_oldest_ms,
-                    collection.failed or run.partly_failed, last_error)
+        save_record(run.state, run.name, started, status, counts, delivered.spool_oldest_ms, run.source_error,
+                    last_error)
     except OSError as error:
         run.log.error("cannot write the run record: %s: %s", error.strerror, error.filename)
         return EXIT_FAILED
@@ -246,46 +252,51 @@ def deliver_with_spool(run, collection, delivery, is_snapshot):
     if waiting:
         run.log.info("re-sending %d spooled document(s) first", len(waiting))
     spooled = delivery.deliver(waiting, run.opts.token, run.log)
-    kept, oldest_ms = len(spooled.undelivered), None
+    in_spool = spooled.undelivered  # what the spool file holds, as far as this run knows
     if waiting or spool.needs_rewrite:
         # At once: whatever becomes of this run's own documents, the spool now holds only what is left of
         # it, without its corrupt and expired lines.
         try:
-            kept, oldest_ms = spool.save(spooled.undelivered)
+            in_spool = spool.save(spooled.undelivered)
         except OSError as error:
             run.log.error("cannot rewrite the spool: %s: %s (its delivered documents will be sent again)",
                           error.strerror, error.filename)
     fresh = delivery.deliver(collection, run.opts.token, run.log)
     refused = spooled.refused + fresh.refused
-    if len(refused) > 1 and not delivery.accepted:
-        # An endpoint that refuses every one of several documents (a front end answering 400 to all) is a
-        # wrong endpoint, not a run of bad documents: they are kept like any other failure's.
+    # An endpoint that refuses every one of several documents (a front end answering 400 to all) is a wrong
+    # endpoint, not a run of bad documents: they are kept like any other failure's.
+    keep_refused = len(refused) > 1 and not delivery.accepted
+    if keep_refused:
         delivery.endpoint_down = delivery.endpoint_down or "%s refused every document (HTTP %s)" % (
             run.opts.url, "/".join(sorted({str(status) for _, status in refused})))
     else:
         for document, status in refused:
             run.log.error("%s refused a %s document with HTTP %d: dropped", run.opts.url, document["kind"], status)
-        refused = []
-    to_keep = [dict(d, timestamp=d.get("timestamp", collected_ms))
-               for d in fresh.undelivered + [document for document, _ in refused]]
+    kept_again = [document for document, _ in spooled.refused] if keep_refused else []
+    new_in_spool = [dict(d, timestamp=d.get("timestamp", collected_ms))
+                    for d in fresh.undelivered + ([d for d, _ in fresh.refused] if keep_refused else [])]
     kept_all = True
-    if to_keep:
-        undelivered = spooled.undelivered + to_keep
+    if kept_again or new_in_spool:
+        undelivered = spooled.undelivered + kept_again + new_in_spool
         try:
-            kept, oldest_ms = spool.save(undelivered)
+            in_spool = spool.save(undelivered)
         except OSError as error:
             run.log.error("cannot keep %d document(s): %s: %s", len(undelivered), error.strerror, error.filename)
             kept_all = False
     delivery.log_retries(spooled.retried + fresh.retried, run.log)
-    dropped_by_endpoint = len(spooled.refused) + len(fresh.refused) - len(refused)
-    not_delivered = len(spooled.undelivered) + len(fresh.undelivered) + len(spooled.refused) + len(fresh.refused)
+    kept = len(in_spool) if kept_all else 0
+    dropped_by_endpoint = 0 if keep_refused else len(refused)
+    not_delivered = len(spooled.undelivered) + len(fresh.undelivered) + len(refused)
     delivered = len(waiting) + collection.count - not_delivered
-    if kept_all and kept:
+    if kept:
         run.log.error("%d document(s) not delivered (%s): kept for the next run", kept, delivery.why_not)
     elif kept_all:
         run.log.info("delivered %d document(s)", delivered)
-    return Delivered(delivered, len(to_keep) if kept_all else 0, dropped_by_endpoint, spool.dropped(), kept,
-                     oldest_ms, kept_all)
+    saved = {id(document) for document in in_spool}
+    return Delivered(delivered, sum(id(document) in saved for document in new_in_spool) if kept_all else 0,
+                     dropped_by_endpoint, spool.dropped(), kept,
+                     min((document["timestamp"] for document in in_spool), default=None) if kept_all else None,
+                     kept_all)
 
 
 def splay_delay(name, splay):
@@ -305,7 +316,7 @@ def run_collectors(modules, opts, started):
     deadline = started + opts.run_budget
     # The wait counts against the run budget (splay < run_budget), so that it never pushes a run into the next
     # one. A person at a terminal does not wait, nor does a debug run.
-    if opts.splay and not opts.debug and not sys.stdin.isatty():
+    if opts.splay and not opts.debug and not (sys.stdin and sys.stdin.isatty()):
         delay = splay_delay(host_name(), opts.splay)
         log.info("splay: starting in %.1f s", delay)
         time.sleep(delay)
@@ -313,19 +324,31 @@ def run_collectors(modules, opts, started):
     return max(collect_and_deliver(module, opts, users, delivery, deadline) for module in modules)
 
 
-def show_status(modules, opts):
-    """--status: one line (or JSON) per collector from its record; returns the Nagios exit status."""
+def show_status(names, opts):
+    """--status: one line (or JSON) per collector named (None: every collector with a record) from its record;
+    returns the Nagios exit status."""
     state = StateDir(opts.state_dir, log)
-    text, status = status_report({module.NAME: load_record(state, module.NAME) for module in modules}, time.time(),
-                                 opts.stale_after, opts.json)
+    if not os.path.isdir(state.path):
+        print("UNKNOWN: no collector has run yet (no state dir %s)" % state.path)
+        return STATUS_UNKNOWN
+    try:
+        recorded = recorded_collectors(state)
+    except OSError as error:
+        print("UNKNOWN: cannot read state dir %s: %s" % (state.path, error.strerror))
+        return STATUS_UNKNOWN
+    text, status = status_report({name: load_record(state, name) for name in (recorded if names is None else names)},
+                                 time.time(), opts.stale_after, opts.json)
     print(text)
     return status
 
 
 def main(modules, parser, settings, argv=None):
-    """Entry point shared by every script: parse, collect, deliver; exit 0, 1 or 2 as SPEC.md says."""
+    """Entry point shared by every script: parse, collect, deliver; exit 0, 1 or 2 as SPEC.md says. With
+    --status, a check that cannot run (bad options, a config it cannot use) exits 3 UNKNOWN, as plugins do.
+    modules: a list, or a function of the options giving one (None for --status: every collector that ran)."""
     started = time.monotonic()
     argv = sys.argv[1:] if argv is None else argv
+    usage_error = STATUS_UNKNOWN if "--status" in argv else EXIT_USAGE
     setup_logging(0)
     try:
         opts = resolve_settings(parser, settings, argv)
@@ -334,14 +357,16 @@ def main(modules, parser, settings, argv=None):
         warn_about_visible_secrets(opts)
         selected = modules(opts) if callable(modules) else modules
         if opts.status:
-            return show_status(selected, opts)
+            return show_status(None if selected is None else [module.NAME for module in selected], opts)
         for module in selected:
             if hasattr(module, "validate"):
                 module.validate(opts)
         return run_collectors(selected, opts, started)
     except UsageError as error:
         log.error("%s", error)
-        return EXIT_USAGE
+        return usage_error
+    except SystemExit as error:  # argparse's own usage errors; --help and --version exit 0
+        return usage_error if error.code == EXIT_USAGE else error.code
 
 
 def script_main(module, argv=None):

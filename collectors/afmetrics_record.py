@@ -2,12 +2,14 @@
 ended, what became of its documents, the last error line and the spool. --status and the node_exporter textfile
 are made from these records alone (afmetrics_status); a debug run leaves none.
 
-A record is a JSON object: collector, start and end (Unix seconds), exit_status, source_failed, the document
-counts of OUTCOMES, spool_documents, spool_oldest_timestamp (Unix seconds or null), last_error (the run's last
-ERROR line, "" when none) and last_success (end of the newest run that exited 0, carried from run to run; null
-until one did).
+A record is a JSON object: collector, start and end (Unix seconds), duration (seconds, from the monotonic clock:
+a clock stepped during the run does not change it), exit_status, source_error (the first line of a source that
+failed, "" when none did), the document counts of OUTCOMES, spool_documents, spool_oldest_timestamp (Unix seconds
+or null), last_error (the run's last ERROR line, "" when none) and last_success (end of the newest run that
+exited 0, carried from run to run; null until one did).
 """
 import logging
+import math
 import numbers
 import os
 import re
@@ -16,7 +18,11 @@ import time
 RECORD_FILE = "last-run-%s.json"
 RECORD_PATTERN = re.compile(r"^last-run-([A-Za-z0-9_]+)\.json$")
 OUTCOMES = ("collected", "delivered", "spooled", "refused", "dropped")
-_NUMBERS = ("start", "end", "exit_status", "spool_documents") + OUTCOMES
+_NUMBERS = ("start", "end", "duration", "exit_status", "spool_documents") + OUTCOMES
+
+
+def _number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class LastError(logging.Handler):
@@ -40,10 +46,9 @@ class LastError(logging.Handler):
 def is_record(value):
     """True for a record as save_record() writes it; anything else (a hand edit, another version's file) is not one."""
     return (isinstance(value, dict) and isinstance(value.get("collector"), str)
-            and all(isinstance(value.get(key), numbers.Real) and not isinstance(value.get(key), bool)
-                    for key in _NUMBERS)
-            and isinstance(value.get("source_failed"), bool) and isinstance(value.get("last_error"), str)
-            and all(value.get(key) is None or isinstance(value.get(key), numbers.Real)
+            and all(_number(value.get(key)) for key in _NUMBERS)
+            and isinstance(value.get("source_error"), str) and isinstance(value.get("last_error"), str)
+            and all(value.get(key) is None or _number(value.get(key))
                     for key in ("last_success", "spool_oldest_timestamp")))
 
 
@@ -57,20 +62,17 @@ def load_record(state, name):
 
 
 def recorded_collectors(state):
-    """Names of the collectors with a record file in the state dir, sorted; [] when it cannot be listed."""
-    try:
-        names = os.listdir(state.path)
-    except OSError:
-        return []
-    return sorted(match.group(1) for match in map(RECORD_PATTERN.match, names) if match)
+    """Names of the collectors with a record file in the state dir, sorted; OSError when it cannot be listed."""
+    return sorted(match.group(1) for match in map(RECORD_PATTERN.match, os.listdir(state.path)) if match)
 
 
-def save_record(state, name, started, exit_status, counts, spool_oldest_ms, source_failed, last_error):
-    """Write the run's record (counts: OUTCOMES and spool_documents) and return it; raises OSError."""
+def save_record(state, name, started, exit_status, counts, spool_oldest_ms, source_error, last_error):
+    """Write the run's record (started: time.time() and time.monotonic() at its start; counts: OUTCOMES and
+    spool_documents) and return it; raises OSError."""
     previous = load_record(state, name) or {}
     ended = time.time()
-    record = dict(counts, collector=name, start=started, end=ended, exit_status=exit_status,
-                  source_failed=source_failed, last_error=last_error,
+    record = dict(counts, collector=name, start=started[0], end=ended, duration=time.monotonic() - started[1],
+                  exit_status=exit_status, source_error=source_error, last_error=last_error,
                   spool_oldest_timestamp=None if spool_oldest_ms is None else spool_oldest_ms / 1000.0,
                   last_success=ended if exit_status == 0 else previous.get("last_success"))
     state.save(RECORD_FILE % name, record)

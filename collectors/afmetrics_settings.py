@@ -55,9 +55,13 @@ def non_negative_number(text):
     return value
 
 
-def _default_state_dir():
-    if os.geteuid() == 0:
-        return "/var/lib/afmetrics"
+SYSTEM_STATE_DIR = "/var/lib/afmetrics"
+
+
+def _default_state_dir(status):
+    # --status by a monitoring agent's user (nagios) reads the node's collectors, not its own.
+    if os.geteuid() == 0 or (status and os.path.isdir(SYSTEM_STATE_DIR)):
+        return SYSTEM_STATE_DIR
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(base, "afmetrics")
 
@@ -158,7 +162,8 @@ def add_common_arguments(parser):
     add("--log-file", metavar="PATH",
         help="append logs here (default %s when its directory exists; '' = stderr only)" % DEFAULT_LOG_FILE)
     add("--state-dir", metavar="DIR",
-        help="counters, history cursor, locks and spool (default /var/lib/afmetrics as root)")
+        help="counters, history cursor, locks, spool and run records (default /var/lib/afmetrics as root, and "
+             "for --status when it exists)")
     add("--ca-bundle", metavar="PEM", help="CA bundle to verify the endpoint with")
     add("--timeout", metavar="SECONDS", type=non_negative_number,
         help="limit for one command or API call (default 60)")
@@ -180,7 +185,7 @@ def add_common_arguments(parser):
              "later), 2 CRITICAL (a source failing, or no success within --stale-after), 3 UNKNOWN (no run yet)")
     add("--json", action="store_true", help="with --status: the same as one JSON object")
     add("--stale-after", metavar="SECONDS", type=non_negative_number,
-        help="--status is CRITICAL when no run succeeded for this long (default 900)")
+        help="--status is CRITICAL when no run succeeded for this long (default 900; 0: never)")
     add("--gzip", action="store_true", default=None,
         help="send request bodies gzip-compressed (the endpoint must take Content-Encoding: gzip)")
     add("--version", action="version", version="afmetrics " + __version__)
@@ -303,7 +308,15 @@ def resolve_settings(parser, settings, argv=None):
     add_negations(parser, settings)
     args = parser.parse_args(argv)
     config_path, explicit = config_file(args.config)
-    file_values = read_config_file(config_path, explicit) if config_path else {}
+    try:
+        file_values = read_config_file(config_path, explicit) if config_path else {}
+    except UsageError as error:
+        # The config file is the run user's (it holds the token): a monitoring agent's --status reads the
+        # records without it, from the default state dir or --state-dir.
+        if not (args.status and os.path.exists(config_path) and not os.access(config_path, os.R_OK)):
+            raise
+        log.warning("%s: reading the run records without it", error)
+        file_values = {}
     for key in sorted(set(file_values) - CONFIG_FILE_NAMES):
         log.warning("config file %s: unknown setting %r ignored", config_path, key)
     # What argparse itself took from the command line, bundles (-dtTOKEN) and abbreviations (--tok=) included.
@@ -313,7 +326,7 @@ def resolve_settings(parser, settings, argv=None):
         given = getattr(args, setting.name, None)
         setattr(args, setting.name, configured_value(setting, config_path, file_values) if given is None
                 else command_line_value(setting, given))
-    args.state_dir = args.state_dir or _default_state_dir()
+    args.state_dir = args.state_dir or _default_state_dir(args.status)
     if args.json and not args.status:
         raise UsageError("--json goes with --status")
     if args.splay and args.splay >= args.run_budget:

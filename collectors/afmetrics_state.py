@@ -48,7 +48,9 @@ class StateDir:
 
     def prepare(self):
         try:
-            os.makedirs(self.path, mode=DIR_MODE, exist_ok=True)
+            if not os.path.isdir(self.path):
+                os.makedirs(self.path, exist_ok=True)
+                os.chmod(self.path, DIR_MODE)  # whatever the umask: --status reads it as another user
         except OSError as error:
             raise UsageError("cannot create state dir %s: %s (set --state-dir)" % (self.path, error.strerror))
         if not os.access(self.path, os.W_OK | os.X_OK):
@@ -149,8 +151,8 @@ class Spool:
         return documents
 
     def save(self, documents):
-        """Replace the spool by documents (each with its timestamp), within the bounds, and return (how many it
-        kept, the oldest one's timestamp or None); raises OSError, also when load() could not read the spool."""
+        """Replace the spool by documents (each with its timestamp), within the bounds, and return the documents
+        it kept; raises OSError, also when load() could not read the spool."""
         if self.unreadable:
             raise self.unreadable
         cutoff = time.time() * 1000 - self.max_age_ms
@@ -165,7 +167,7 @@ class Spool:
         self.needs_rewrite = False
         kept_ids = {id(document) for document in kept}
         self._dropped_documents.update(id(document) for document in documents if id(document) not in kept_ids)
-        return len(kept), min((document["timestamp"] for document in kept), default=None)
+        return kept
 
     def dropped(self):
         """Documents and lines load() and save() threw away (corrupt, expired, over the bound)."""

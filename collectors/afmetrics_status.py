@@ -1,10 +1,13 @@
 """What the run records say: --status, judged as a Nagios plugin judges, and the node_exporter textfile.
 
 judge() gives each collector's state: 3 UNKNOWN without a record; 2 CRITICAL when its last run had a source
-failing, or no run succeeded (exit 0) within stale_after seconds; 1 WARNING when the last run did not end in 0
-(documents kept for later, or refused); 0 OK. status_report() prints one line per collector, worst first so
-that the first line, the one Nagios shows, names the worst, or a JSON object; its exit status is the worst
-state. prometheus_text() renders the records in the text exposition format, one series per collector.
+failing, or no run succeeded (exit 0) within stale_after seconds (0: never stale); 1 WARNING when the last run
+did not end in 0 (documents kept for later, refused or dropped) or the last success lies in the future (a clock
+stepped back, which would hide staleness); 0 OK. status_report() prints one line per collector, worst first,
+so that the first line, the one Nagios shows, names the worst, or a JSON object; its exit status is the worst
+state, CRITICAL before UNKNOWN before WARNING (a collector without a record must not hide one that fails).
+No "|" in the text: Nagios reads what follows one as performance data. prometheus_text() renders the records
+in the text exposition format, one series per collector.
 """
 import datetime
 import json
@@ -16,10 +19,18 @@ from afmetrics_state import write_atomically
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATE_NAMES = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
+SEVERITY = {OK: 0, WARNING: 1, UNKNOWN: 2, CRITICAL: 3}
 TEXTFILE = "afmetrics.prom"
+CLOCK_SLACK = 300  # seconds a last success may lie ahead of now before the clock is suspect
+
+
+def worst(states):
+    return max(states, key=SEVERITY.get, default=UNKNOWN)
 
 
 def _ago(seconds):
+    if seconds < 0:
+        return "%d s in the future" % -seconds
     if seconds < 120:
         return "%d s ago" % seconds
     if seconds < 7200:
@@ -37,29 +48,33 @@ def judge(record, now, stale_after):
         return UNKNOWN, "no run recorded yet"
     last_success = record["last_success"]
     error = record["last_error"] or "no error line"
-    if record["source_failed"]:
-        return CRITICAL, "source failing: %s" % error
-    if last_success is None or now - last_success > stale_after:
+    if record["source_error"]:
+        return CRITICAL, "source failing: %s" % record["source_error"]
+    if last_success is not None and last_success > now + CLOCK_SLACK:
+        return WARNING, "last success %s: the clock was stepped back" % _ago(now - last_success)
+    if stale_after and (last_success is None or now - last_success > stale_after):
         since = "never" if last_success is None else "not since %s" % _ago(now - last_success)
         return CRITICAL, "no successful run within %g s (%s): %s" % (stale_after, since, error)
     if record["spool_documents"]:
         return WARNING, "%d document(s) kept for later: %s" % (record["spool_documents"], error)
+    if record["dropped"]:
+        return WARNING, "%d document(s) dropped by the full or expired spool: %s" % (record["dropped"], error)
     if record["exit_status"] != 0:
         return WARNING, "last run exit %d: %s" % (record["exit_status"], error)
     return OK, "delivered %d document(s)" % record["delivered"]
 
 
 def _line(name, state, reason, record, now):
-    if record is None:
-        return "%s %s: %s" % (STATE_NAMES[state], name, reason)
-    success = record["last_success"]
-    return "%s %s: %s | last success %s | last run %s (%s), exit %d, %.1f s: %s | spool %d%s" % (
-        STATE_NAMES[state], name, reason,
-        "never" if success is None else "%s (%s)" % (_local(success), _ago(now - success)),
-        _local(record["end"]), _ago(now - record["end"]), record["exit_status"], record["end"] - record["start"],
-        ", ".join("%d %s" % (record[outcome], outcome) for outcome in OUTCOMES),
-        record["spool_documents"], "" if record["spool_oldest_timestamp"] is None
-        else ", oldest %s" % _ago(now - record["spool_oldest_timestamp"]))
+    text = "%s %s: %s" % (STATE_NAMES[state], name, reason)
+    if record is not None:
+        success = record["last_success"]
+        text += "; last success %s; last run %s (%s), exit %d, %.1f s: %s; spool %d%s" % (
+            "never" if success is None else "%s (%s)" % (_local(success), _ago(now - success)),
+            _local(record["end"]), _ago(now - record["end"]), record["exit_status"], record["duration"],
+            ", ".join("%d %s" % (record[outcome], outcome) for outcome in OUTCOMES),
+            record["spool_documents"], "" if record["spool_oldest_timestamp"] is None
+            else ", oldest %s" % _ago(now - record["spool_oldest_timestamp"]))
+    return text.replace("|", "/")
 
 
 def _iso(timestamp):
@@ -72,26 +87,26 @@ def _json_entry(name, state, reason, record, now):
     entry = {"collector": name, "status": STATE_NAMES[state], "summary": reason}
     record = record or {}
     entry.update({"last_run": _iso(record.get("end")), "last_success": _iso(record.get("last_success")),
-                  "exit_status": record.get("exit_status")})
+                  "exit_status": record.get("exit_status"), "duration_seconds": record.get("duration")})
     entry.update({outcome: record.get(outcome) for outcome in OUTCOMES})
     oldest = record.get("spool_oldest_timestamp")
     entry.update({"spool_documents": record.get("spool_documents"),
                   "spool_oldest_age_seconds": None if oldest is None else round(now - oldest, 1),
-                  "last_error": record.get("last_error")})
+                  "source_error": record.get("source_error"), "last_error": record.get("last_error")})
     return entry
 
 
 def status_report(records, now, stale_after, as_json):
     """(text, exit status) for records: {collector name: record or None}, in the order to show them."""
     judged = [(name, judge(record, now, stale_after), record) for name, record in records.items()]
-    worst = max((state for _, (state, _), _ in judged), default=UNKNOWN)
+    overall = worst(state for _, (state, _), _ in judged)
     if as_json:
         entries = [_json_entry(name, state, reason, record, now) for name, (state, reason), record in judged]
-        return json.dumps({"status": STATE_NAMES[worst], "collectors": entries}, indent=2), worst
+        return json.dumps({"status": STATE_NAMES[overall], "collectors": entries}, indent=2), overall
     if not judged:
         return "UNKNOWN: no collector has run yet", UNKNOWN
-    judged.sort(key=lambda item: -item[1][0])  # stable: equal states keep the order given
-    return "\n".join(_line(name, state, reason, record, now) for name, (state, reason), record in judged), worst
+    judged.sort(key=lambda item: -SEVERITY[item[1][0]])  # stable: equal states keep the order given
+    return "\n".join(_line(name, state, reason, record, now) for name, (state, reason), record in judged), overall
 
 
 # name, help, value of a record; one gauge each, labelled by collector. Timestamps rather than ages: a file
@@ -99,14 +114,16 @@ def status_report(records, now, stale_after, as_json):
 _METRICS = [
     ("afmetrics_last_run_timestamp_seconds", "When the collector's last run ended (Unix time).",
      lambda record: record["end"]),
-    ("afmetrics_last_success_timestamp_seconds", "When the collector's last run that exited 0 ended (Unix time).",
-     lambda record: record["last_success"]),
+    # 0 for never: an alert on time() - this fires for a collector that never succeeded too.
+    ("afmetrics_last_success_timestamp_seconds",
+     "When the collector's last run that exited 0 ended (Unix time; 0: never).",
+     lambda record: record["last_success"] or 0),
     ("afmetrics_last_run_duration_seconds", "How long the collector's last run took.",
-     lambda record: record["end"] - record["start"]),
+     lambda record: record["duration"]),
     ("afmetrics_last_run_exit_status", "Exit status of the collector's last run: 0 delivered all, 1 failed, 2 usage.",
      lambda record: record["exit_status"]),
     ("afmetrics_last_run_source_failed", "1 when a data source failed in the collector's last run.",
-     lambda record: int(record["source_failed"])),
+     lambda record: int(bool(record["source_error"]))),
     ("afmetrics_spool_documents", "Documents kept in the spool for the next run.",
      lambda record: record["spool_documents"]),
     ("afmetrics_spool_oldest_document_timestamp_seconds", "When the oldest spooled document was collected.",
@@ -120,7 +137,8 @@ def _sample(name, labels, value):
 
 
 def prometheus_text(records):
-    """The records ({name: record}) as Prometheus text; a value a record lacks (no success yet) has no sample."""
+    """The records ({name: record}) as Prometheus text; a value a record lacks (no spooled document) has no
+    sample."""
     lines = []
     for metric, help_text, value_of in _METRICS:
         lines.append("# HELP %s %s\n# TYPE %s gauge\n" % (metric, help_text, metric))

@@ -3,6 +3,7 @@ promtool, and splay: the collectors run as cron runs them, against the real HTTP
 import json
 import os
 import pty
+import re
 import shutil
 import stat
 import subprocess
@@ -17,8 +18,9 @@ import afmetrics_privacy
 from conftest import COLLECTORS, collector_environment, log_lines, skip_or_fail
 
 TOKEN = "tok-status-81c3"
-RECORD_KEYS = {"collector", "start", "end", "exit_status", "source_failed", "collected", "delivered", "spooled",
-               "refused", "dropped", "spool_documents", "spool_oldest_timestamp", "last_error", "last_success"}
+RECORD_KEYS = {"collector", "start", "end", "duration", "exit_status", "source_error", "collected", "delivered",
+               "spooled", "refused", "dropped", "spool_documents", "spool_oldest_timestamp", "last_error",
+               "last_success"}
 
 
 @pytest.fixture
@@ -57,7 +59,8 @@ def test_each_real_run_leaves_a_record_and_a_debug_run_none(collect, receiver, s
         run = record(state, name)
         assert set(run) == RECORD_KEYS
         assert before <= run["start"] <= run["end"] <= time.time()
-        assert run["exit_status"] == 0 and run["source_failed"] is False and run["last_error"] == ""
+        assert 0 < run["duration"] <= run["end"] - run["start"] + 0.01
+        assert run["exit_status"] == 0 and run["source_error"] == "" and run["last_error"] == ""
         assert run["collected"] == run["delivered"] == len(receiver.of_kind("ssh") if name == "ssh" else
                                                          [d for d in receiver.documents if d["kind"] != "ssh"])
         assert (run["spooled"], run["refused"], run["dropped"], run["spool_documents"]) == (0, 0, 0, 0)
@@ -88,23 +91,54 @@ def test_record_counts_what_became_of_each_document(collect, receiver, state):
     assert record(state, "ssh")["last_success"] == record(state, "ssh")["end"]
 
 
+def test_record_counts_a_document_the_full_spool_dropped_once(collect, receiver, state):
+    receiver.answer_always(503)
+    done = collect("--send-budget", "1", collectors=("--host",), env={"AFMETRICS_SPOOL_MAX_DOCUMENTS": "2"})
+    assert done.returncode == 1
+    run = record(state, "host")
+    assert run["collected"] > 2
+    assert (run["spooled"], run["dropped"], run["spool_documents"]) == (2, run["collected"] - 2, 2)
+
+
+def test_record_keeps_the_source_error_when_delivery_fails_too(collect, status, receiver, state):
+    receiver.answer_always(503)
+    assert collect("--send-budget", "1", collectors=("-s",)).returncode == 1  # one document spooled
+    assert collect("--send-budget", "1", collectors=("-s",), env={"PATH": "/nonexistent"}).returncode == 1
+    run = record(state, "ssh")
+    assert run["source_error"] == "who not found on PATH"
+    assert run["last_error"].endswith("kept for the next run")  # the delivery's line came last
+    done = status()
+    assert done.returncode == 2
+    assert lines_of(done)[0].startswith("CRITICAL ssh: source failing: who not found on PATH; last success never")
+
+
 def lines_of(done):
     return done.stdout.strip().splitlines()
+
+
+def age_last_success(state, name, seconds):
+    """The record as it will be once its last success is SECONDS old (waiting 15 minutes is no test)."""
+    path = state / ("last-run-%s.json" % name)
+    run = json.loads(path.read_text())
+    run["last_success"] = time.time() - seconds
+    path.write_text(json.dumps(run))
 
 
 def test_status_exit_codes_follow_the_nagios_convention(collect, status, receiver, state, run_collector):
     # 3 UNKNOWN: nothing ran yet.
     done = status()
-    assert (done.returncode, lines_of(done)) == (3, ["UNKNOWN: no collector has run yet"])
+    assert (done.returncode, lines_of(done)) == (3, ["UNKNOWN: no collector has run yet (no state dir %s)" % state])
+    state.mkdir()
+    assert lines_of(status()) == ["UNKNOWN: no collector has run yet"]
     done = status(script="ssh.py")
     assert (done.returncode, lines_of(done)) == (3, ["UNKNOWN ssh: no run recorded yet"])
     # 0 OK.
     assert collect().returncode == 0
     done = status()
     assert done.returncode == 0, done.stdout
-    assert [line.split(":")[0] for line in lines_of(done)] == ["OK ssh", "OK host"]
-    assert "delivered 1 document(s) | last success " in lines_of(done)[0]
-    # A selected collector that never ran is UNKNOWN, and that is the worst.
+    assert [line.split(":")[0] for line in lines_of(done)] == ["OK host", "OK ssh"]  # by name
+    assert "delivered 1 document(s); last success " in lines_of(done)[1]
+    # A selected collector that never ran is UNKNOWN, worse than OK.
     done = status("-s", "-b")
     assert (done.returncode, [line.split(":")[0] for line in lines_of(done)]) == (3, ["UNKNOWN condor", "OK ssh"])
     # 1 WARNING: the endpoint is down, documents are kept; worst first.
@@ -114,20 +148,42 @@ def test_status_exit_codes_follow_the_nagios_convention(collect, status, receive
     assert done.returncode == 1
     first, second = lines_of(done)
     assert first.startswith("WARNING ssh: 1 document(s) kept for later: ") and "HTTP 503" in first
-    assert "| spool 1, oldest " in first
+    assert "; spool 1, oldest " in first
     assert second.startswith("OK host:")
-    # 2 CRITICAL: no success within stale_after (from the config file, as the role writes it).
-    config = state.parent / "afmetrics.conf"
-    config.write_text("[afmetrics]\nstale_after = 0\n")
-    done = status("--config", config)
-    assert done.returncode == 2
-    assert lines_of(done)[0].startswith("CRITICAL ssh: no successful run within 0 s (not since ")
-    # 2 CRITICAL: a source failing, even while the last success is recent.
-    receiver.restore()
-    assert collect(collectors=("-s",), env={"PATH": "/nonexistent"}).returncode == 1
+    assert "|" not in done.stdout  # Nagios would take the rest for performance data
+    # 2 CRITICAL once the last success is older than stale_after (900 s), whenever the last run was.
+    age_last_success(state, "ssh", 899)
+    assert status().returncode == 1
+    age_last_success(state, "ssh", 901)
     done = status()
     assert done.returncode == 2
+    assert lines_of(done)[0].startswith("CRITICAL ssh: no successful run within 900 s (not since 15 min ago): ")
+    # stale_after from the config file, as the role writes it; 0: never stale.
+    config = state.parent / "afmetrics.conf"
+    config.write_text("[afmetrics]\nstale_after = 0\n")
+    assert status("--config", config).returncode == 1
+    # A last success in the future (the clock stepped back) would hide staleness: a warning.
+    age_last_success(state, "ssh", -3600)
+    done = status()
+    assert done.returncode == 1
+    assert re.match(r"WARNING ssh: last success 3[56]\d\d s in the future: the clock was stepped back;",
+                    lines_of(done)[0])
+    # 2 CRITICAL: a source failing, even while the last success is recent; worse than UNKNOWN.
+    receiver.restore()
+    assert collect(collectors=("-s",), env={"PATH": "/nonexistent"}).returncode == 1
+    done = status("-s", "-b", "--host")
+    assert done.returncode == 2
+    assert [line.split(":")[0] for line in lines_of(done)] == ["CRITICAL ssh", "UNKNOWN condor", "OK host"]
     assert lines_of(done)[0].startswith("CRITICAL ssh: source failing: who not found on PATH")
+
+
+def test_status_that_cannot_run_is_unknown(status, run_collector, state):
+    done = run_collector("ssh.py", "--status", "--no-such-option")
+    assert done.returncode == 3
+    assert status("--timeout", "soon").returncode == 3
+    done = run_collector("ssh.py", "--status", "--config", state / "missing.conf")
+    assert (done.returncode, log_lines(done.stderr)) == (
+        3, ["ERROR:afmetrics:config file %s does not exist" % (state / "missing.conf")])
 
 
 def test_status_json_says_the_same_for_machines(collect, status, receiver, state):
@@ -144,9 +200,14 @@ def test_status_json_says_the_same_for_machines(collect, status, receiver, state
     assert host["status"] == "WARNING" and host["exit_status"] == 1 and host["delivered"] == 0
     assert host["spool_documents"] == host["spooled"] == host["collected"] > 0
     assert 0 <= host["spool_oldest_age_seconds"] < 60
-    assert ssh["status"] == "OK" and ssh["last_error"] == "" and ssh["last_run"].endswith("Z")
-    assert ssh["last_success"] == ssh["last_run"]
+    assert ssh["status"] == "OK" and ssh["last_error"] == ssh["source_error"] == "" and ssh["last_run"].endswith("Z")
+    assert ssh["last_success"] == ssh["last_run"] and ssh["duration_seconds"] > 0
     assert status("--json", script="host.py").returncode == 1
+
+
+def as_nobody(*argv, env=None):
+    return subprocess.run(["runuser", "-u", "nobody", "--"] + [str(arg) for arg in argv], capture_output=True,
+                          text=True, env=collector_environment(env), cwd="/")
 
 
 def test_status_is_readable_by_a_monitoring_agents_user(run_collector, receiver, sessions):
@@ -159,26 +220,39 @@ def test_status_is_readable_by_a_monitoring_agents_user(run_collector, receiver,
         os.chmod(top, 0o755)
         state, collectors = os.path.join(top, "state"), os.path.join(top, "collectors")
         shutil.copytree(str(COLLECTORS), collectors, ignore=shutil.ignore_patterns("__pycache__"))
-        done = run_collector("ssh.py", "--utmp", sessions, "--state-dir", state, *receiver.args(),
-                             env={"AFMETRICS_TOKEN": TOKEN})
+        # The token's config file, readable by root (and the run user's group) only, as the role writes it.
+        config = os.path.join(top, "afmetrics.conf")
+        with open(os.open(config, os.O_WRONLY | os.O_CREAT, 0o600), "w") as handle:
+            handle.write("[afmetrics]\ntoken = %s\nstate_dir = %s\n" % (TOKEN, state))
+        # Created under umask 077, the state dir is still one the agent may read.
+        done = subprocess.run(["sh", "-c", 'umask 077 && exec "$@"', "sh", sys.executable,
+                               str(COLLECTORS / "ssh.py"), "--utmp", str(sessions), *receiver.args()],
+                              capture_output=True, text=True, env=collector_environment({"AFMETRICS_CONFIG": config}))
+        assert done.returncode == 0, done.stderr
+        check = ["/usr/bin/python3", "-B", os.path.join(collectors, "ssh.py"), "--status"]
+        done = as_nobody(*check, "--state-dir", state, env={"AFMETRICS_CONFIG": config})
         assert done.returncode == 0
-        done = subprocess.run(["runuser", "-u", "nobody", "--", "/usr/bin/python3", "-B",
-                               os.path.join(collectors, "ssh.py"), "--status", "--state-dir", state],
-                              capture_output=True, text=True, env=collector_environment(), cwd="/")
-        assert (done.returncode, done.stderr) == (0, "")
         assert done.stdout.startswith("OK ssh:")
+        assert log_lines(done.stderr) == [
+            "WARNING:afmetrics:cannot read config file %s: Permission denied: reading the run records without it"
+            % config]
+        os.chmod(state, 0o700)
+        done = as_nobody(*check, "--state-dir", state)
+        assert (done.returncode, done.stdout) == (3, "UNKNOWN: cannot read state dir %s: Permission denied\n" % state)
     finally:
         shutil.rmtree(top)
 
 
-def test_status_of_a_broken_record_is_unknown_with_one_warning(collect, status, state):
+def test_status_of_a_broken_record_is_unknown_with_a_warning(collect, status, state):
     assert collect().returncode == 0
     (state / "last-run-ssh.json").write_text('{"collector": "ssh", "end": "yesterday"}')
+    # json writes NaN, json reads it back: a number no status line can show.
+    (state / "last-run-jupyter.json").write_text(json.dumps(dict(record(state, "host"), end=float("nan"))))
     (state / "last-run-host.json").write_text("{torn")
-    done = status("-s", "--host")
+    done = status("-s", "--host", "-j")
     assert done.returncode == 3
-    assert [line.split(":")[0] for line in lines_of(done)] == ["UNKNOWN ssh", "UNKNOWN host"]
-    assert [line.split(":")[0] for line in log_lines(done.stderr)] == ["WARNING", "WARNING"]
+    assert [line.split(":")[0] for line in lines_of(done)] == ["UNKNOWN ssh", "UNKNOWN jupyter", "UNKNOWN host"]
+    assert [line.split(":")[0] for line in log_lines(done.stderr)] == ["WARNING", "WARNING", "WARNING"]
 
 
 def test_status_needs_no_token_and_json_needs_status(status, run_collector, state):
@@ -214,8 +288,15 @@ def test_textfile_is_valid_prometheus_text_with_every_collectors_last_run(collec
     assert samples['afmetrics_spool_documents{collector="ssh"}'] == 1
     assert samples['afmetrics_last_run_documents{collector="ssh",outcome="spooled"}'] == 1
     assert samples['afmetrics_last_run_documents{collector="host",outcome="delivered"}'] == host["delivered"]
-    duration = samples['afmetrics_last_run_duration_seconds{collector="host"}']
-    assert duration == pytest.approx(host["end"] - host["start"])
+    assert samples['afmetrics_last_run_duration_seconds{collector="host"}'] == host["duration"]
+
+
+def test_textfile_says_0_for_a_collector_that_never_succeeded(collect, receiver, promtool, tmp_path):
+    receiver.answer_always(503)
+    assert collect("--textfile-dir", tmp_path, "--send-budget", "1", collectors=("-s",)).returncode == 1
+    text = (tmp_path / "afmetrics.prom").read_text()
+    assert 'afmetrics_last_success_timestamp_seconds{collector="ssh"} 0.0\n' in text
+    assert 'afmetrics_last_run_source_failed{collector="ssh"} 0.0\n' in text
 
 
 def test_textfile_dir_that_cannot_be_written_is_one_error_and_delivery_goes_on(collect, receiver, tmp_path):
@@ -250,14 +331,14 @@ def test_splay_waits_inside_the_run_budget(collect, state, tmp_path):
     (slow_who / "who").write_text("#!/bin/sh\nsleep 30\n")
     (slow_who / "who").chmod(0o755)
     started = time.time()
-    done = collect("--splay", "4", "--run-budget", "6", "-v", collectors=("-s",),
+    done = collect("--splay", "4", "--run-budget", "8", "-v", collectors=("-s",),
                    env={"PATH": "%s:%s" % (slow_who, os.environ["PATH"])})
-    elapsed = time.time() - started
     assert done.returncode == 1
     assert "INFO:afmetrics:splay: starting in %.1f s" % delay in log_lines(done.stderr)
     assert record(state, "ssh")["start"] - started >= delay
-    assert "who did not answer within" in record(state, "ssh")["last_error"]
-    assert elapsed < 6 + 5  # the slow who was cut where the budget ends, the wait included
+    # who got what was left of the 8 s counted from the start of the process: the wait came out of it.
+    [allowed] = re.findall(r"who did not answer within ([\d.]+) s", record(state, "ssh")["source_error"])
+    assert float(allowed) <= 8 - delay
 
 
 def test_splay_never_delays_a_debug_run_or_a_run_from_a_terminal(collect, receiver, sessions, state, tmp_path):
@@ -278,3 +359,11 @@ def test_splay_never_delays_a_debug_run_or_a_run_from_a_terminal(collect, receiv
         os.close(secondary)
     assert done.returncode == 0 and "splay" not in done.stderr
     assert record(state, "ssh")["start"] - started < 20
+
+
+def test_splay_with_stdin_closed_as_some_crons_leave_it(collect, run_collector, sessions, receiver, state, tmp_path):
+    done = subprocess.run([sys.executable, str(COLLECTORS / "ssh.py"), "--splay", "0.5", "--utmp", str(sessions),
+                           "--state-dir", str(state), *receiver.args()], capture_output=True, text=True,
+                          env=collector_environment({"AFMETRICS_TOKEN": TOKEN}), preexec_fn=lambda: os.close(0))
+    assert (done.returncode, done.stderr) == (0, "")
+    assert len(receiver.of_kind("ssh")) == 1
