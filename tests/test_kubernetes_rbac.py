@@ -469,9 +469,8 @@ def test_never_writes_the_token_to_a_terminal():
     finally:
         os.close(other_end)
         os.close(terminal)
-    assert (done.returncode, done.stderr) == (2, "afmetrics-kubeconfig: error: refusing to write the kubeconfig, "
-                                                 "which holds the token, to a terminal: give -o FILE or redirect "
-                                                 "stdout (see --help)\n")
+    assert (done.returncode, done.stderr) == (2, "afmetrics-kubeconfig: error: refusing to write the token to a "
+                                                 "terminal: give -o FILE or redirect stdout (see --help)\n")
 
 
 def test_help_gives_the_steps():
