@@ -102,4 +102,4 @@ def run_collector():
     return run
 
 
-pytest_plugins = ["k8s_standin", "condor_pool", "proxy"]
+pytest_plugins = ["k8s_standin", "condor_pool", "slurm_cluster", "proxy"]

@@ -1,0 +1,203 @@
+"""A real one-host Slurm cluster (scripts/slurm-cluster) for tests of slurm.py against real daemons.
+
+The session fixture `slurm_cluster` builds the chroot (cached) and starts a fresh cluster once, and stops it at
+the end. It yields a SlurmCluster: submit jobs as alice or bob, read the truth with the cluster's own tools
+(scontrol, sacct), and stop, freeze and restart its daemons. `cluster.bin` holds wrappers of the client tools:
+put it first on PATH and the collector queries this cluster.
+
+A pytest plugin (pytest_plugins in tests/conftest.py) that registers the `slurm` marker. When the cluster
+cannot start, the tests are skipped with the reason, except in CI (CI=true), where that is an error.
+"""
+import os
+import pathlib
+import re
+import shlex
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import skip_or_fail
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "slurm-cluster"
+RUN_DIR = pathlib.Path(os.environ.get("AFMETRICS_SLURM_RUN", "/run/afmetrics-slurm"))
+# A job script inside the chroot that ends once its gate file exists: the tests decide when a job ends.
+GATE = "/usr/local/bin/afmetrics-gated-job"
+USERS = ("alice", "bob")
+DAEMONS = {"slurmctld": ["/usr/sbin/slurmctld"], "slurmdbd": ["/usr/sbin/slurmdbd"], "slurmd": ["/usr/sbin/slurmd"]}
+KEY_VALUE = re.compile(r"(\w+)=(\S*)")
+
+
+class SlurmCluster:
+    def __init__(self, run_dir=RUN_DIR):
+        self.dir = run_dir
+        self.root = run_dir / "root"
+        self.bin = run_dir / "bin"
+
+    def run(self, *argv, user=None, timeout=60, check=True, env=None):
+        """A command inside the chroot, as root or as one of the cluster's users."""
+        command = ["chroot", str(self.root)]
+        command += ["su", user, "-c", " ".join(shlex.quote(arg) for arg in argv)] if user else list(argv)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                              env=dict(os.environ, **(env or {})))
+        if check and done.returncode != 0:
+            raise AssertionError("%s failed (rc %d): %s" % (" ".join(argv), done.returncode, done.stderr.strip()))
+        return done
+
+    def environment(self):
+        """Environment in which squeue, sacct and sdiag are this cluster's."""
+        return {"PATH": "%s:%s" % (self.bin, os.environ["PATH"])}
+
+    def prepare_gate(self):
+        script = self.root / GATE.lstrip("/")
+        script.write_text('#!/bin/sh\n# Ends once the gate file named by $1 exists.\n'
+                          'until [ -e "$1" ]; do sleep 0.5; done\n')
+        script.chmod(0o755)
+
+    def open_gate(self, name):
+        (self.root / "tmp" / name).touch()
+
+    def sbatch(self, user, *options, command="/bin/sleep 3600"):
+        """sbatch OPTIONS --wrap COMMAND as USER; the job Id (an array's ARRAYJOBID)."""
+        done = self.run("sh", "-c", "cd ~ && sbatch --parsable --output=/dev/null %s --wrap=%s"
+                        % (" ".join(shlex.quote(option) for option in options), shlex.quote(command)), user=user)
+        return done.stdout.strip().split(";")[0]
+
+    def scontrol_jobs(self):
+        """Every job slurmctld knows (scontrol show job -o), key=value pairs by JobId; a pending array's tasks
+        not yet split off stay one record, ArrayTaskId=FIRST-LAST."""
+        done = self.run("scontrol", "--oneliner", "show", "job")
+        jobs = {}
+        for line in done.stdout.splitlines():
+            fields = dict(KEY_VALUE.findall(line))
+            if "JobId" in fields:
+                jobs[fields["JobId"]] = fields
+        return jobs
+
+    def queue(self):
+        """The queue as scontrol tells it: {Id: record}, with Id as squeue and sacct write it (JOBID, or
+        ARRAYJOBID_TASKID for an array task, each task of a pending array on its own), finished jobs left out."""
+        queue = {}
+        for record in self.scontrol_jobs().values():
+            if record["JobState"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "DEADLINE", "NODE_FAIL",
+                                      "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL"):
+                continue
+            tasks = record.get("ArrayTaskId")
+            if tasks is None:
+                queue[record["JobId"]] = record
+                continue
+            for task in expand(tasks):
+                queue["%s_%d" % (record["ArrayJobId"], task)] = record
+        return queue
+
+    def sacct(self, *options):
+        """sacct -X -P of every user's jobs, as a list of dicts of the given FIELDS."""
+        fields = ["JobID", "JobIDRaw", "User", "State", "ElapsedRaw", "Partition"]
+        done = self.run("sacct", "--allusers", "--allocations", "--parsable2", "--noheader",
+                        "--format=" + ",".join(fields), *options)
+        return [dict(zip(fields, line.split("|"))) for line in done.stdout.splitlines()]
+
+    def wait_for(self, what, predicate, timeout=120):
+        """Poll scontrol until PREDICATE(queue by Id) holds; fail with the states if it never does."""
+        deadline = time.monotonic() + timeout
+        while True:
+            jobs = self.queue()
+            if predicate(jobs):
+                return jobs
+            if time.monotonic() > deadline:
+                states = {job: record["JobState"] for job, record in jobs.items()}
+                raise AssertionError("waited %d s for %s; JobState by job: %s" % (timeout, what, states))
+            time.sleep(0.5)
+
+    def wait_in_sacct(self, job_ids, timeout=120):
+        """Until each job has a final record in sacct."""
+        deadline = time.monotonic() + timeout
+        while True:
+            finished = {row["JobID"] for row in self.sacct("--starttime=now-1days")
+                        if row["State"].split()[0] not in ("PENDING", "RUNNING", "SUSPENDED", "REQUEUED")}
+            if set(job_ids) <= finished:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError("waited %d s for %s in sacct" % (timeout, sorted(set(job_ids) - finished)))
+            time.sleep(0.5)
+
+    def pids(self, name):
+        """Pids of the cluster's NAME process (slurmctld, ...): processes rooted in this chroot only."""
+        pids = []
+        for entry in pathlib.Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if os.readlink(entry / "root") == str(self.root) and (entry / "comm").read_text().strip() == name:
+                    pids.append(int(entry.name))
+            except OSError:  # the process ended while we looked
+                continue
+        return pids
+
+    def signal(self, name, signum):
+        pids = self.pids(name)
+        assert pids, "no %s running in %s" % (name, self.root)
+        for pid in pids:
+            os.kill(pid, signum)
+
+    def stop(self, name):
+        self.signal(name, signal.SIGTERM)
+        self._wait_until("%s is gone" % name, lambda: not self.pids(name))
+
+    def start(self, name):
+        self.run(*DAEMONS[name])
+        ready = {"slurmctld": lambda: self.run("scontrol", "ping", check=False).returncode == 0,
+                 "slurmdbd": lambda: self.run("sacctmgr", "-n", "list", "cluster", check=False).returncode == 0,
+                 "slurmd": lambda: "idle" in self.run("sinfo", "-h", "-N", "-o", "%t", check=False).stdout
+                 or "mix" in self.run("sinfo", "-h", "-N", "-o", "%t", check=False).stdout}[name]
+        self._wait_until("%s answers" % name, ready)
+
+    def agent_queue(self):
+        """Records slurmctld holds for slurmdbd (sdiag)."""
+        return int(re.search(r"DBD Agent queue size:\s*(\d+)", self.run("sdiag").stdout).group(1))
+
+    @staticmethod
+    def _wait_until(what, condition, timeout=60):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError("waited %d s until %s" % (timeout, what))
+            time.sleep(0.3)
+
+
+def expand(tasks):
+    """Task numbers of scontrol's ArrayTaskId: 3, 2-5, 1,4-6, with a %THROTTLE."""
+    numbers = []
+    for part in tasks.split("%")[0].split(","):
+        first, _, last = part.partition("-")
+        numbers.extend(range(int(first), int(last or first) + 1))
+    return numbers
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slurm: needs a real Slurm cluster (scripts/slurm-cluster; root)")
+
+
+def cluster_script(*args, env=None):
+    done = subprocess.run([str(SCRIPT)] + list(args), capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          timeout=900, env=dict(os.environ, **(env or {})))
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or ["rc %d" % done.returncode]
+        raise RuntimeError(lines[-1])
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    try:
+        if os.geteuid() != 0:
+            raise RuntimeError("needs root (chroot, mount)")
+        cluster_script("build")
+        cluster_script("start")
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
+        skip_or_fail("no real Slurm cluster: %s" % error)
+    cluster = SlurmCluster()
+    cluster.prepare_gate()
+    yield cluster
+    cluster_script("stop")
