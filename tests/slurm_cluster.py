@@ -111,11 +111,16 @@ class SlurmCluster:
                 raise AssertionError("waited %d s for %s; JobState by job: %s" % (timeout, what, states))
             time.sleep(0.5)
 
+    def wait_recorded(self, job_id, timeout=60):
+        """Until slurmctld has sent the job to accounting: a job it never sent (held, and cancelled within
+        seconds) has no sacct record at all."""
+        self._wait_until("job %s in sacct" % job_id, lambda: self.sacct("--jobs=" + job_id), timeout)
+
     def wait_in_sacct(self, job_ids, timeout=120):
         """Until each job has a final record in sacct."""
         deadline = time.monotonic() + timeout
         while True:
-            finished = {row["JobID"] for row in self.sacct("--starttime=now-1days")
+            finished = {row["JobID"] for row in self.sacct("--starttime=now-1days", "--endtime=now+1days")
                         if row["State"].split()[0] not in ("PENDING", "RUNNING", "SUSPENDED", "REQUEUED")}
             if set(job_ids) <= finished:
                 return

@@ -289,3 +289,12 @@ def test_without_slurm_on_path_one_error_line(run_collector, tmp_path):
     assert done.returncode == 1
     assert log_lines(done.stderr) == ["ERROR:slurm:squeue not found on PATH"]
     assert not (tmp_path / "slurm.json").exists()
+
+
+@pytest.mark.parametrize("spec", ["no-colon", ":short", "a:b c"])
+def test_a_bad_queue_is_a_usage_error_before_anything_runs(spec, run_collector, tmp_path):
+    done = run_collector("slurm.py", "-d", "--slurm-queue", spec, "--state-dir", tmp_path / "state", cwd=tmp_path)
+    assert done.returncode == 2
+    assert log_lines(done.stderr) == ["ERROR:afmetrics:bad slurm queue %r: expected NAME:PARTITIONS, e.g. all: or "
+                                      "short:short,debug" % spec]
+    assert not (tmp_path / "slurm.json").exists() and not (tmp_path / "state").exists()
