@@ -12,7 +12,6 @@ after the documents were delivered or spooled, never in a debug run.
 
 Example: python3 collectors/slurm.py -d -v --slurm-queue all: --slurm-queue short:short
 """
-import io
 import itertools
 import os
 import re
@@ -42,6 +41,7 @@ MEMORY = re.compile(r"(\d+(?:\.\d+)?)([KMGTP]?)\Z")
 MAX_ARRAY_TASKS = 4000001
 DURATION = re.compile(r"(?:(?:(\d+)-)?(\d+):)?(\d+):(\d+)\Z")
 ARRAY_RANGE = re.compile(r"(\d+)_\[([\d,\-]+)(?:%\d+)?\]\Z")
+LINE = re.compile(r"[^\n]+")
 AGENT_QUEUE = re.compile(r"^\s*DBD Agent queue size:\s*(\d+)\s*$", re.MULTILINE)
 
 
@@ -90,15 +90,19 @@ def tres(text):
     return int(cpus), float(memory.group(1)) * MEMORY_UNITS[memory.group(2) or "M"]
 
 
+def lines(text):
+    """The text's lines that hold more than white space, one at a time: neither a list of them nor a copy
+    of the text (io.StringIO keeps four bytes a character) is made, so memory does not grow with the queue."""
+    return (line for line in (match.group() for match in LINE.finditer(text)) if not line.isspace())
+
+
 def squeue_rows(text, log=None):
     """Yield each job of the squeue text as a dict: id, user, state (as squeue names it), partitions (a
     set), held, runtime (s), cpus, memory (MiB allocated). A line that does not parse is skipped, and counted
     in a warning when a log is given."""
     bad = 0
-    for line in io.StringIO(text):
-        if not line.strip():
-            continue
-        fields = line.rstrip("\n").split("|")
+    for line in lines(text):
+        fields = line.split("|")
         try:
             if len(fields) != len(SQUEUE_FIELDS) + 1 or fields[-1].strip():
                 raise ValueError
@@ -161,10 +165,8 @@ def sacct_rows(text, log=None):
     """Yield each finished job of the sacct text (SLURM_TIME_FORMAT=%s) as a dict: id, user, state (lower
     case, "CANCELLED by 1000" as cancelled), runtime (s), end (epoch s)."""
     bad = 0
-    for line in io.StringIO(text):
-        if not line.strip():
-            continue
-        fields = line.rstrip("\n").split("|")
+    for line in lines(text):
+        fields = line.split("|")
         try:
             if len(fields) != len(SACCT_FIELDS):
                 raise ValueError
