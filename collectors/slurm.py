@@ -96,29 +96,38 @@ def lines(text):
     return (line for line in (match.group() for match in LINE.finditer(text)) if not line.isspace())
 
 
-def squeue_rows(text, log=None):
-    """Yield each job of the squeue text as a dict: id, user, state (as squeue names it), partitions (a
-    set), held, runtime (s), cpus, memory (MiB allocated). A line that does not parse is skipped, and counted
-    in a warning when a log is given."""
+def parsed_rows(text, parse, tool, log=None):
+    """Yield what PARSE makes of each line of TOOL's text: a list of rows, or ValueError for a line that does not
+    parse, which is skipped, and counted in one warning when a log is given."""
     bad = 0
     for line in lines(text):
-        fields = line.split("|")
         try:
-            if len(fields) != len(SQUEUE_FIELDS) + 1 or fields[-1].strip():
-                raise ValueError
-            row = dict(zip(SQUEUE_FIELDS, (field.strip() for field in fields)))
-            if not row["id"] or not row["user"] or not row["state"].isupper():
-                raise ValueError
-            cpus, memory = tres(row["tres"])
-            row.update(partitions=set(row["partitions"].split(",")), runtime=duration(row["time"]), cpus=cpus,
-                       memory=memory, held=row["state"] == "PENDING" and (int(row["priority"]) == 0
-                                                                          or row["reason"].startswith("JobHeld")))
+            rows = parse(line.split("|"))
         except ValueError:
             bad += 1
             continue
-        yield row
+        yield from rows
     if bad and log:
-        log.warning("%d line(s) of squeue output did not parse and were skipped", bad)
+        log.warning("%d line(s) of %s output did not parse and were skipped", bad, tool)
+
+
+def squeue_row(fields):
+    if len(fields) != len(SQUEUE_FIELDS) + 1 or fields[-1].strip():
+        raise ValueError
+    row = dict(zip(SQUEUE_FIELDS, (field.strip() for field in fields)))
+    if not row["id"] or not row["user"] or not row["state"].isupper():
+        raise ValueError
+    cpus, memory = tres(row["tres"])
+    row.update(partitions=set(row["partitions"].split(",")), runtime=duration(row["time"]), cpus=cpus,
+               memory=memory, held=row["state"] == "PENDING" and (int(row["priority"]) == 0
+                                                                  or row["reason"].startswith("JobHeld")))
+    return [row]
+
+
+def squeue_rows(text, log=None):
+    """Each job of the squeue text as a dict: id, user, state (as squeue names it), partitions (a set), held,
+    runtime (s), cpus, memory (MiB allocated)."""
+    return parsed_rows(text, squeue_row, "squeue", log)
 
 
 def queue_documents(queues, rows):
@@ -161,29 +170,21 @@ def array_ids(job_id):
     return ["%s_%d" % (match.group(1), task) for numbers in tasks for task in numbers]
 
 
+def sacct_row(fields):
+    if len(fields) != len(SACCT_FIELDS):
+        raise ValueError
+    job_id, user, state, elapsed, end = fields
+    state = state.split(" ")[0].lower()
+    if not job_id or not user or state not in FINAL_STATES.values() or not elapsed.isdigit() or not end.isdigit():
+        raise ValueError
+    return [{"id": one, "user": user, "state": state, "runtime": int(elapsed), "end": int(end)}
+            for one in array_ids(job_id)]
+
+
 def sacct_rows(text, log=None):
-    """Yield each finished job of the sacct text (SLURM_TIME_FORMAT=%s) as a dict: id, user, state (lower
-    case, "CANCELLED by 1000" as cancelled), runtime (s), end (epoch s)."""
-    bad = 0
-    for line in lines(text):
-        fields = line.split("|")
-        try:
-            if len(fields) != len(SACCT_FIELDS):
-                raise ValueError
-            job_id, user, state, elapsed, end = fields
-            state = state.split(" ")[0].lower()
-            if not job_id or not user or state not in FINAL_STATES.values() or not elapsed.isdigit() \
-                    or not end.isdigit():
-                raise ValueError
-            ids = array_ids(job_id)
-            row = {"user": user, "state": state, "runtime": int(elapsed), "end": int(end)}
-        except ValueError:
-            bad += 1
-            continue
-        for one in ids:
-            yield dict(row, id=one)
-    if bad and log:
-        log.warning("%d line(s) of sacct output did not parse and were skipped", bad)
+    """Each finished job of the sacct text (SLURM_TIME_FORMAT=%s) as a dict: id, user, state (lower case,
+    "CANCELLED by 1000" as cancelled), runtime (s), end (epoch s); an array that never ran as its tasks."""
+    return parsed_rows(text, sacct_row, "sacct", log)
 
 
 def read_state(stored, now):

@@ -18,46 +18,20 @@ import time
 
 import pytest
 
+from chroot_system import ChrootSystem
 from conftest import skip_or_fail
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "slurm-cluster"
 RUN_DIR = pathlib.Path(os.environ.get("AFMETRICS_SLURM_RUN", "/run/afmetrics-slurm"))
-# A job script inside the chroot that ends once its gate file exists: the tests decide when a job ends.
-GATE = "/usr/local/bin/afmetrics-gated-job"
 USERS = ("alice", "bob")
 DAEMONS = {"slurmctld": ["/usr/sbin/slurmctld"], "slurmdbd": ["/usr/sbin/slurmdbd"], "slurmd": ["/usr/sbin/slurmd"]}
 KEY_VALUE = re.compile(r"(\w+)=(\S*)")
 
 
-class SlurmCluster:
-    def __init__(self, run_dir=RUN_DIR):
-        self.dir = run_dir
-        self.root = run_dir / "root"
-        self.bin = run_dir / "bin"
-
-    def run(self, *argv, user=None, timeout=60, check=True, env=None):
-        """A command inside the chroot, as root or as one of the cluster's users."""
-        command = ["chroot", str(self.root)]
-        command += ["su", user, "-c", " ".join(shlex.quote(arg) for arg in argv)] if user else list(argv)
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                              env=dict(os.environ, **(env or {})))
-        if check and done.returncode != 0:
-            raise AssertionError("%s failed (rc %d): %s" % (" ".join(argv), done.returncode, done.stderr.strip()))
-        return done
-
-    def environment(self):
-        """Environment in which squeue, sacct and sdiag are this cluster's."""
-        return {"PATH": "%s:%s" % (self.bin, os.environ["PATH"])}
-
-    def prepare_gate(self):
-        script = self.root / GATE.lstrip("/")
-        script.write_text('#!/bin/sh\n# Ends once the gate file named by $1 exists.\n'
-                          'until [ -e "$1" ]; do sleep 0.5; done\n')
-        script.chmod(0o755)
-
-    def open_gate(self, name):
-        (self.root / "tmp" / name).touch()
+class SlurmCluster(ChrootSystem):
+    def __init__(self):
+        super().__init__(RUN_DIR)
 
     def sbatch(self, user, *options, command="/bin/sleep 3600"):
         """sbatch OPTIONS --wrap COMMAND as USER; the job Id (an array's ARRAYJOBID)."""
@@ -114,7 +88,7 @@ class SlurmCluster:
     def wait_recorded(self, job_id, timeout=60):
         """Until slurmctld has sent the job to accounting: a job it never sent (held, and cancelled within
         seconds) has no sacct record at all."""
-        self._wait_until("job %s in sacct" % job_id, lambda: self.sacct("--jobs=" + job_id), timeout)
+        self.wait_until("job %s in sacct" % job_id, lambda: self.sacct("--jobs=" + job_id), timeout)
 
     def wait_in_sacct(self, job_ids, timeout=120):
         """Until each job has a final record in sacct."""
@@ -128,19 +102,6 @@ class SlurmCluster:
                 raise AssertionError("waited %d s for %s in sacct" % (timeout, sorted(set(job_ids) - finished)))
             time.sleep(0.5)
 
-    def pids(self, name):
-        """Pids of the cluster's NAME process (slurmctld, ...): processes rooted in this chroot only."""
-        pids = []
-        for entry in pathlib.Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                if os.readlink(entry / "root") == str(self.root) and (entry / "comm").read_text().strip() == name:
-                    pids.append(int(entry.name))
-            except OSError:  # the process ended while we looked
-                continue
-        return pids
-
     def signal(self, name, signum):
         pids = self.pids(name)
         assert pids, "no %s running in %s" % (name, self.root)
@@ -149,7 +110,7 @@ class SlurmCluster:
 
     def stop(self, name):
         self.signal(name, signal.SIGTERM)
-        self._wait_until("%s is gone" % name, lambda: not self.pids(name))
+        self.wait_until("%s is gone" % name, lambda: not self.pids(name))
 
     def start(self, name):
         self.run(*DAEMONS[name])
@@ -157,20 +118,11 @@ class SlurmCluster:
                  "slurmdbd": lambda: self.run("sacctmgr", "-n", "list", "cluster", check=False).returncode == 0,
                  "slurmd": lambda: "idle" in self.run("sinfo", "-h", "-N", "-o", "%t", check=False).stdout
                  or "mix" in self.run("sinfo", "-h", "-N", "-o", "%t", check=False).stdout}[name]
-        self._wait_until("%s answers" % name, ready)
+        self.wait_until("%s answers" % name, ready)
 
     def agent_queue(self):
         """Records slurmctld holds for slurmdbd (sdiag)."""
         return int(re.search(r"DBD Agent queue size:\s*(\d+)", self.run("sdiag").stdout).group(1))
-
-    @staticmethod
-    def _wait_until(what, condition, timeout=60):
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError("waited %d s until %s" % (timeout, what))
-            time.sleep(0.3)
-
 
 def expand(tasks):
     """Task numbers of scontrol's ArrayTaskId: 3, 2-5, 1,4-6, with a %THROTTLE."""

@@ -16,6 +16,7 @@ import afmetrics_common as common
 import afmetrics_privacy
 import slurm
 from conftest import REPO, log_lines
+from slurm_cluster import expand
 
 LOG = logging.getLogger("test")
 CAPTURES = REPO / "tests" / "slurm-captures"
@@ -75,8 +76,7 @@ def scontrol_jobs():
         if tasks is None:
             jobs[record["JobId"]] = record
             continue
-        first, _, last = tasks.split("%")[0].partition("-")
-        for task in range(int(first), int(last or first) + 1):
+        for task in expand(tasks):
             jobs["%s_%d" % (record["ArrayJobId"], task)] = record
     return jobs
 
