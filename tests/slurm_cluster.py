@@ -26,6 +26,8 @@ SCRIPT = REPO / "scripts" / "slurm-cluster"
 RUN_DIR = pathlib.Path(os.environ.get("AFMETRICS_SLURM_RUN", "/run/afmetrics-slurm"))
 USERS = ("alice", "bob")
 DAEMONS = {"slurmctld": ["/usr/sbin/slurmctld"], "slurmdbd": ["/usr/sbin/slurmdbd"], "slurmd": ["/usr/sbin/slurmd"]}
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "DEADLINE", "NODE_FAIL", "PREEMPTED",
+                "OUT_OF_MEMORY", "BOOT_FAIL"}
 KEY_VALUE = re.compile(r"(\w+)=(\S*)")
 
 
@@ -39,32 +41,9 @@ class SlurmCluster(ChrootSystem):
                         % (" ".join(shlex.quote(option) for option in options), shlex.quote(command)), user=user)
         return done.stdout.strip().split(";")[0]
 
-    def scontrol_jobs(self):
-        """Every job slurmctld knows (scontrol show job -o), key=value pairs by JobId; a pending array's tasks
-        not yet split off stay one record, ArrayTaskId=FIRST-LAST."""
-        done = self.run("scontrol", "--oneliner", "show", "job")
-        jobs = {}
-        for line in done.stdout.splitlines():
-            fields = dict(KEY_VALUE.findall(line))
-            if "JobId" in fields:
-                jobs[fields["JobId"]] = fields
-        return jobs
-
     def queue(self):
-        """The queue as scontrol tells it: {Id: record}, with Id as squeue and sacct write it (JOBID, or
-        ARRAYJOBID_TASKID for an array task, each task of a pending array on its own), finished jobs left out."""
-        queue = {}
-        for record in self.scontrol_jobs().values():
-            if record["JobState"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "DEADLINE", "NODE_FAIL",
-                                      "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL"):
-                continue
-            tasks = record.get("ArrayTaskId")
-            if tasks is None:
-                queue[record["JobId"]] = record
-                continue
-            for task in expand(tasks):
-                queue["%s_%d" % (record["ArrayJobId"], task)] = record
-        return queue
+        """The queue as scontrol tells it now (see queued_records)."""
+        return queued_records(self.run("scontrol", "--oneliner", "show", "job").stdout)
 
     def sacct(self, *options):
         """sacct -X -P of every user's jobs, as a list of dicts of the given FIELDS."""
@@ -123,6 +102,25 @@ class SlurmCluster(ChrootSystem):
     def agent_queue(self):
         """Records slurmctld holds for slurmdbd (sdiag)."""
         return int(re.search(r"DBD Agent queue size:\s*(\d+)", self.run("sdiag").stdout).group(1))
+
+def queued_records(scontrol_text):
+    """The queue in the text of `scontrol --oneliner show job`: {Id: key=value record}, with Id as squeue and
+    sacct write it (JOBID, or ARRAYJOBID_TASKID for an array task, each task of a pending array on its own: its
+    tasks not yet split off are one record, ArrayTaskId=FIRST-LAST), finished jobs (slurmctld keeps them a
+    while) left out."""
+    queue = {}
+    for line in scontrol_text.splitlines():
+        record = dict(KEY_VALUE.findall(line))
+        if "JobId" not in record or record["JobState"] in FINAL_STATES:
+            continue
+        tasks = record.get("ArrayTaskId")
+        if tasks is None:
+            queue[record["JobId"]] = record
+            continue
+        for task in expand(tasks):
+            queue["%s_%d" % (record["ArrayJobId"], task)] = record
+    return queue
+
 
 def expand(tasks):
     """Task numbers of scontrol's ArrayTaskId: 3, 2-5, 1,4-6, with a %THROTTLE."""

@@ -6,7 +6,6 @@ The live tests (tests/test_slurm_cluster.py) check the same collector against a 
 import argparse
 import logging
 import math
-import re
 import time
 
 import pytest
@@ -16,7 +15,7 @@ import afmetrics_common as common
 import afmetrics_privacy
 import slurm
 from conftest import REPO, log_lines
-from slurm_cluster import expand
+from slurm_cluster import queued_records
 
 LOG = logging.getLogger("test")
 CAPTURES = REPO / "tests" / "slurm-captures"
@@ -61,29 +60,9 @@ def test_array_ids(job, ids):
     assert slurm.array_ids(job) == ids
 
 
-SCONTROL_PAIR = re.compile(r"(\w+)=(\S*)")
-
-
-def scontrol_jobs():
-    """The captured scontrol records of queued jobs (slurmctld also keeps finished ones a while), one per job Id
-    as squeue and sacct write it (a pending array's tasks each on their own)."""
-    jobs = {}
-    for line in capture("scontrol_show_job.stdout").splitlines():
-        record = dict(SCONTROL_PAIR.findall(line))
-        if record["JobState"].lower() in slurm.FINAL_STATES.values():
-            continue
-        tasks = record.get("ArrayTaskId")
-        if tasks is None:
-            jobs[record["JobId"]] = record
-            continue
-        for task in expand(tasks):
-            jobs["%s_%d" % (record["ArrayJobId"], task)] = record
-    return jobs
-
-
 def test_squeue_rows_of_real_squeue_equal_scontrol():
     rows = {row["id"]: row for row in slurm.squeue_rows(capture("squeue.stdout"), LOG)}
-    records = scontrol_jobs()
+    records = queued_records(capture("scontrol_show_job.stdout"))
     assert set(rows) == set(records)
     for job, row in rows.items():
         record = records[job]

@@ -13,15 +13,13 @@ import time
 import pytest
 
 from conftest import log_lines
-from slurm_cluster import expand
+from slurm_cluster import FINAL_STATES, expand
 
 pytestmark = pytest.mark.slurm
 
 TOKEN, CLUSTER = "slurm-token", "SLURM-AF"
 QUEUES = ["--slurm-queue", "all:", "--slurm-queue", "short:short", "--slurm-queue", "both:long,short"]
 QUEUE_PARTITIONS = {"all": set(), "short": {"short"}, "both": {"long", "short"}}
-FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "DEADLINE", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
-         "BOOT_FAIL"}
 GATED = "/usr/local/bin/afmetrics-gated-job"
 FAULT_TIMEOUT = 5  # --timeout of the fault runs, seconds
 STOPPED_TIMEOUT = 20
@@ -149,9 +147,9 @@ def finished_in_sacct(cluster):
     jobs by their end time only when asked for final states: otherwise it leaves out jobs that never became
     eligible (a held array cancelled)."""
     finished = {}
-    for row in cluster.sacct("--starttime=now-1days", "--endtime=now+1days", "--state=" + ",".join(FINAL)):
+    for row in cluster.sacct("--starttime=now-1days", "--endtime=now+1days", "--state=" + ",".join(FINAL_STATES)):
         state = row["State"].split()[0]
-        if state not in FINAL:
+        if state not in FINAL_STATES:
             continue
         job, _, tasks = row["JobID"].partition("_[")
         ids = ["%s_%d" % (job, task) for task in expand(tasks.rstrip("]"))] if tasks else [row["JobID"]]
@@ -210,7 +208,7 @@ def test_excluded_owner_is_absent(slurm_cluster, job_mix, collect):
 
 def finished_of(jobs):
     return {job_id: job["state"] for job_id, job in jobs.items() if job["state"] in
-            {state.lower() for state in FINAL}}
+            {state.lower() for state in FINAL_STATES}}
 
 
 def test_each_finished_job_is_reported_once_across_runs(slurm_cluster, job_mix, collect, tmp_path):
