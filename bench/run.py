@@ -173,6 +173,46 @@ def bench_condor(table, runs, workdir, sizes=(10000, 50000)):
         subprocess.run([str(SCRIPT), "stop", "trixie"], check=False)
 
 
+def bench_slurm(table, runs, workdir, sizes=(10000, 50000)):
+    """slurm.py against a real Slurm 22.05 (scripts/slurm-cluster) holding SIZES queued jobs: held arrays, whose
+    tasks squeue --array lists one a line, as it does any pending job."""
+    import slurm
+    from slurm_cluster import SCRIPT, SlurmCluster, cluster_script
+
+    cluster_script("build")
+    cluster_script("start", env={"AFMETRICS_SLURM_MAX_JOBS": str(max(sizes))})
+    cluster, endpoint = SlurmCluster(), Endpoint(workdir)
+    try:
+        env = collector_env(cluster.environment())
+        queued = 0
+        for size in sizes:
+            # The second array is bob's and in the short queue, so both queues have work to count.
+            short = queued > 0
+            cluster.sbatch("bob" if short else "alice", "--hold", "--array=0-%d" % (size - queued - 1),
+                           "-p", "short" if short else "long")
+            queued = size
+            print("  %d jobs queued" % queued, flush=True)
+            args = ["--slurm-queue", "all:", "--slurm-queue", "short:short", "--state-dir",
+                    str(workdir / "slurm-state")] + endpoint.args()
+            table.add("slurm.py, %d queued jobs, 2 queues, delivered at 0 ms" % size,
+                      **measure_collector("slurm.py", args, runs, env),
+                      target="<= floor + 2 s" + (", own RSS flat" if size >= 50000 else ""),
+                      command="python3 collectors/slurm.py --slurm-queue all: --slurm-queue short:short")
+            if size == sizes[0]:
+                table.add("slurm.py, %d queued jobs, array mode (batch_size 100)" % size,
+                          **measure_collector("slurm.py", args, runs, dict(env, AFMETRICS_BATCH_SIZE="100")),
+                          target="<= floor + 2 s", command="AFMETRICS_BATCH_SIZE=100 python3 collectors/slurm.py ...")
+            # The floor: the same squeue, sdiag and sacct calls, and nothing else.
+            calls = [slurm.squeue_command(), ["sdiag"], slurm.sacct_command(time.time() - 360, time.time() + 86400)]
+            script = " && ".join(" ".join("'%s'" % arg for arg in call) + " >/dev/null" for call in calls)
+            table.add("  floor: its squeue, sdiag and sacct calls alone, %d jobs" % size,
+                      *measure(["sh", "-c", script], runs, dict(env, SLURM_TIME_FORMAT="%s")),
+                      command="squeue --all --array --noheader --Format=...")
+    finally:
+        endpoint.close()
+        subprocess.run([str(SCRIPT), "stop"], check=False)
+
+
 def bench_jupyter(table, runs, workdir, pods=2000):
     from k8s_standin import KubernetesStandIn
 
@@ -232,7 +272,7 @@ def bench_group_filter(table, runs, workdir):
                   target="<= 0.5 s at 5,000, linear", command="python3 bench/group_filter.py")
 
 
-SECTIONS = {"host": bench_host_and_ssh, "condor": bench_condor, "jupyter": bench_jupyter,
+SECTIONS = {"host": bench_host_and_ssh, "condor": bench_condor, "slurm": bench_slurm, "jupyter": bench_jupyter,
             "delivery": bench_delivery, "groups": bench_group_filter}
 
 

@@ -2,7 +2,7 @@
 umbrella, and one afmetrics_NAME per collector script NAME.py, each running exactly what the script in
 collectors/ runs.
 
-pip installs collectors/ as the package `afmetrics` (not as top-level modules: ssh, host, condor and
+pip installs collectors/ as the package `afmetrics` (not as top-level modules: ssh, host, condor, slurm and
 jupyter are names other distributions use; jupyter_core installs a top-level jupyter.py). The collectors
 import one another by their flat names (`import afmetrics_common`), as they do beside each other in
 collectors/ or /opt/afmetrics/collectors, so each command first puts the package's directory at the head of
@@ -41,6 +41,10 @@ def ssh():
 
 def condor():
     return run_script("condor")
+
+
+def slurm():
+    return run_script("slurm")
 
 
 def jupyter():

@@ -22,13 +22,14 @@ import time
 from afmetrics_delivery import Delivery, network_failure, with_token
 from afmetrics_privacy import UserFilter, host_name, login_node
 from afmetrics_settings import (COLLECTOR_SETTINGS, COMMON_SETTINGS, KUBERNETES_SERVICEACCOUNT_DIR, UsageError,
-                                __version__, add_common_arguments, resolve_settings, warn_about_visible_secrets)
+                                __version__, add_common_arguments, add_exclude_owner_argument, resolve_settings,
+                                warn_about_visible_secrets)
 from afmetrics_record import LastError, load_record, recorded_collectors, save_record
 from afmetrics_state import Spool, StateDir
 from afmetrics_status import UNKNOWN as STATUS_UNKNOWN, status_report, write_textfile
 
 __all__ = ["COLLECTOR_SETTINGS", "COMMON_SETTINGS", "KUBERNETES_SERVICEACCOUNT_DIR", "SourceError", "UsageError",
-           "__version__", "main", "network_failure", "script_main"]
+           "__version__", "add_exclude_owner_argument", "main", "network_failure", "script_main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

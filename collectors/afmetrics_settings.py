@@ -114,6 +114,10 @@ COLLECTOR_SETTINGS = {
         Setting("exclude_owners", "words", []),
         Setting("history_scan_limit", "int", 100000),
     ],
+    "slurm": [
+        Setting("slurm_queues", "lines", []),
+        Setting("exclude_owners", "words", []),  # condor's too: one list of owners for both batch systems
+    ],
     "jupyter": [
         Setting("services", "lines", []),
         Setting("namespace", "str", ""),
@@ -189,6 +193,13 @@ def add_common_arguments(parser):
     add("--gzip", action="store_true", default=None,
         help="send request bodies gzip-compressed (the endpoint must take Content-Encoding: gzip)")
     add("--version", action="version", version="afmetrics " + __version__)
+
+
+def add_exclude_owner_argument(parser):
+    """--exclude-owner, taken by condor.py and slurm.py: added once to a parser they share (the umbrella's)."""
+    if "--exclude-owner" not in parser._option_string_actions:
+        parser.add_argument("--exclude-owner", dest="exclude_owners", action="append", metavar="OWNER",
+                            help="never report jobs of this owner (repeatable; condor.py and slurm.py)")
 
 
 def read_config_file(path, explicit):

@@ -39,8 +39,7 @@ def add_arguments(parser):
     parser.add_argument("-q", "--queue", dest="queues", action="append", metavar="NAME:CONSTRAINT",
                         help="report a queue: NAME:CONSTRAINT, split at the first colon "
                              "(repeatable; 'all:' is every job)")
-    parser.add_argument("--exclude-owner", dest="exclude_owners", action="append", metavar="OWNER",
-                        help="never report jobs of this owner (repeatable)")
+    common.add_exclude_owner_argument(parser)
     parser.add_argument("--history-scan-limit", dest="history_scan_limit", metavar="N", type=int,
                         help="read at most the N newest condor_history ads a run (default 100000)")
 

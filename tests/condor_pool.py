@@ -18,43 +18,19 @@ import time
 
 import pytest
 
+from chroot_system import ChrootSystem
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "condor-pool"
 RUN_DIR = pathlib.Path(os.environ.get("AFMETRICS_CONDOR_RUN", "/run/afmetrics-condor"))
 SUITES = os.environ.get("AFMETRICS_CONDOR_SUITES", "trixie sid").split()
-# A job script inside the chroot that ends once its gate file exists: the tests decide when a job completes.
-GATE = "/usr/local/bin/afmetrics-gated-job"
 USERS = ("alice", "bob")
 
 
-class CondorPool:
+class CondorPool(ChrootSystem):
     def __init__(self, suite):
+        super().__init__(RUN_DIR / suite)
         self.suite = suite
-        self.dir = RUN_DIR / suite
-        self.root = self.dir / "root"
-        self.bin = self.dir / "bin"
-
-    def run(self, *argv, user=None, timeout=60, check=True):
-        """A command inside the chroot, as root or as one of the pool's users."""
-        command = ["chroot", str(self.root)]
-        command += ["su", user, "-c", " ".join(_quote(arg) for arg in argv)] if user else list(argv)
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-        if check and done.returncode != 0:
-            raise AssertionError("%s failed (rc %d): %s" % (" ".join(argv), done.returncode, done.stderr.strip()))
-        return done
-
-    def environment(self):
-        """Environment in which condor_q and condor_history are this pool's."""
-        return {"PATH": "%s:%s" % (self.bin, os.environ["PATH"])}
-
-    def prepare_gate(self):
-        script = self.root / GATE.lstrip("/")
-        script.write_text('#!/bin/sh\n# Ends once the gate file named by $1 exists.\n'
-                          'until [ -e "$1" ]; do sleep 0.5; done\n')
-        script.chmod(0o755)
-
-    def open_gate(self, name):
-        (self.root / "tmp" / name).touch()
 
     def submit(self, user, name, description, count=1):
         """condor_submit DESCRIPTION (a dict) as USER, COUNT jobs; the job Ids ("cluster.proc") it created."""
@@ -125,21 +101,8 @@ class CondorPool:
                 raise AssertionError("waited %d s for %s in condor_history" % (timeout, sorted(job_ids)))
             time.sleep(0.5)
 
-    def daemon_pids(self, name):
-        """Pids of the pool's NAME daemon (condor_schedd, ...): processes rooted in this chroot only."""
-        pids = []
-        for entry in pathlib.Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                if os.readlink(entry / "root") == str(self.root) and (entry / "comm").read_text().strip() == name:
-                    pids.append(int(entry.name))
-            except OSError:  # the process ended while we looked
-                continue
-        return pids
-
     def signal_schedd(self, signum):
-        pids = self.daemon_pids("condor_schedd")
+        pids = self.pids("condor_schedd")
         assert pids, "no condor_schedd running in %s" % self.root
         for pid in pids:
             os.kill(pid, signum)
@@ -152,37 +115,24 @@ class CondorPool:
 
     def schedd_off(self):
         self.run("condor_off", "-schedd")
-        self._wait_until("the schedd is gone", lambda: not self.daemon_pids("condor_schedd"))
+        self.wait_until("the schedd is gone", lambda: not self.pids("condor_schedd"))
 
     def schedd_on(self):
         self.run("condor_on", "-schedd")
-        self._wait_until("the schedd answers", self.schedd_answers)
+        self.wait_until("the schedd answers", self.schedd_answers)
 
     def pool_off(self):
         # -fast: a graceful stop was seen to hang for 90 s.
         self.run("condor_off", "-fast", "-master")
-        self._wait_until("every daemon is gone", lambda: not self.daemon_pids("condor_master")
-                         and not self.daemon_pids("condor_schedd") and not self.daemon_pids("condor_collector"))
+        self.wait_until("every daemon is gone", lambda: not self.pids("condor_master")
+                         and not self.pids("condor_schedd") and not self.pids("condor_collector"))
 
     def pool_on(self):
         self.run("/usr/sbin/condor_master")
-        self._wait_until("the schedd answers", self.schedd_answers)
+        self.wait_until("the schedd answers", self.schedd_answers)
 
     def schedd_answers(self):
         return self.run("condor_q", "-totals", check=False, timeout=30).returncode == 0
-
-    @staticmethod
-    def _wait_until(what, condition, timeout=60):
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError("waited %d s until %s" % (timeout, what))
-            time.sleep(0.3)
-
-
-def _quote(arg):
-    return "'%s'" % arg.replace("'", "'\\''")
-
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "condor: needs a real personal HTCondor pool (scripts/condor-pool; root)")

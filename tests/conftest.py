@@ -109,4 +109,4 @@ def run_collector():
     return run
 
 
-pytest_plugins = ["k8s_standin", "condor_pool", "proxy", "promtool"]
+pytest_plugins = ["k8s_standin", "condor_pool", "slurm_cluster", "proxy", "promtool"]

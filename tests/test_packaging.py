@@ -96,7 +96,7 @@ def wheel_file(wheel, name):
 
 
 def test_every_collector_script_and_the_umbrella_have_a_command(wheel):
-    assert {"ssh", "condor", "jupyter", "host"} <= set(collector_scripts())
+    assert {"ssh", "condor", "slurm", "jupyter", "host"} <= set(collector_scripts())
     expected = {"afmetrics_collector": "afmetrics.afmetrics_commands:collector"}
     expected.update(("afmetrics_" + name, "afmetrics.afmetrics_commands:" + name) for name in collector_scripts())
     entry_points = configparser.ConfigParser(delimiters=("=",))
@@ -207,8 +207,8 @@ def test_afmetrics_jupyter_with_the_jupyter_extra(venv, kubernetes_api, tmp_path
                                                       "jupyter_user_count": 2, "users": ["alice", "zoe"]}]
 
 
-@pytest.mark.parametrize("name", ["afmetrics_collector", "afmetrics_ssh", "afmetrics_condor", "afmetrics_jupyter",
-                                  "afmetrics_host"])
+@pytest.mark.parametrize("name", ["afmetrics_collector", "afmetrics_ssh", "afmetrics_condor", "afmetrics_slurm",
+                                  "afmetrics_jupyter", "afmetrics_host"])
 def test_every_command_has_help_and_version(venv, name, tmp_path):
     helped = command(venv, name, "--help", cwd=tmp_path)
     assert helped.returncode == 0 and helped.stdout.startswith("usage: "), helped.stderr

@@ -13,6 +13,7 @@ import afmetrics_settings
 import condor
 import host
 import jupyter
+import slurm
 import ssh
 from conftest import log_lines
 
@@ -118,14 +119,14 @@ def test_empty_environment_variable_falls_through_to_the_file(setting, tmp_path,
                                                                                           SAMPLES[setting.kind])
     config = write_config(tmp_path / "a.conf", "%s = %s\n" % (setting.name, text))
     monkeypatch.setenv("AFMETRICS_" + setting.name.upper(), "")
-    opts = resolve(["--config", config], ssh, condor, jupyter, host)
+    opts = resolve(["--config", config], ssh, condor, slurm, jupyter, host)
     assert getattr(opts, setting.name) == value
 
 
 def test_empty_environment_variable_falls_through_to_the_default(monkeypatch):
     for setting in EVERY_SETTING:
         monkeypatch.setenv("AFMETRICS_" + setting.name.upper(), "")
-    opts = resolve([], ssh, condor, jupyter, host)
+    opts = resolve([], ssh, condor, slurm, jupyter, host)
     assert (opts.url, opts.timeout, opts.verbose, opts.disks) == ("https://af.atlas-ml.org/", 60.0, 0,
                                                                   ["/home", "/data", "/scratch"])
 

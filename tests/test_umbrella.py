@@ -79,7 +79,7 @@ def test_bad_config_stops_before_collecting(run_collector, tmp_path):
 def test_no_collector_chosen_is_a_usage_error(run_collector, tmp_path):
     done = run_collector("afmetrics_collector", "-d", cwd=tmp_path)
     assert done.returncode == 2
-    assert log_lines(done.stderr) == ["ERROR:afmetrics:no collector chosen: give at least one of -s -b -j --host"]
+    assert log_lines(done.stderr) == ["ERROR:afmetrics:no collector chosen: give at least one of -s -b --slurm -j --host"]
 
 
 def test_argparse_usage_error_exits_2(run_collector, tmp_path):

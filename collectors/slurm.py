@@ -1,0 +1,271 @@
+#!/usr/bin/env python3
+"""Slurm: one slurmqueue document per configured queue (--slurm-queue NAME:PARTITIONS), one slurmjob document
+per job in the queue (squeue), and each finished job exactly once (sacct), with the fields of condor.py's
+condorqueue and condorjob documents.
+
+Finished jobs are read by their end time from a window that starts at a cursor in the state dir. A job's
+accounting record can reach slurmdbd late (slurmdbd was down: slurmctld keeps the records in its DBD agent
+queue and sends them when it is back, with their old end times), so the cursor moves only when sdiag says that
+queue is empty, and then to MARGIN seconds before now (clocks of the login node and slurmctld may differ);
+the jobs reported from inside the window are remembered, so that none is reported twice. The cursor moves only
+after the documents were delivered or spooled, never in a debug run.
+
+Example: python3 collectors/slurm.py -d -v --slurm-queue all: --slurm-queue short:short
+"""
+import itertools
+import os
+import re
+import sys
+import time
+
+import afmetrics_common as common
+
+NAME = "slurm"
+SETTINGS = common.COLLECTOR_SETTINGS[NAME]
+# squeue -O fields, in the order of SQUEUE_FIELDS' keys; "|" ends each (user, partition and reason names hold
+# none) and width 0 prints a field whole, never cut to a column.
+SQUEUE_FIELDS = {"id": "JobArrayID", "user": "UserName", "state": "State", "partitions": "Partition",
+                 "reason": "Reason", "priority": "PriorityLong", "time": "TimeUsed", "tres": "tres-alloc"}
+SACCT_FIELDS = ["JobID", "User", "State", "ElapsedRaw", "End"]
+# Slurm's final states (sacct --state names them by these abbreviations); a job in one is reported once.
+FINAL_STATES = {"BF": "boot_fail", "CA": "cancelled", "CD": "completed", "DL": "deadline", "F": "failed",
+                "NF": "node_fail", "OOM": "out_of_memory", "PR": "preempted", "TO": "timeout"}
+CURSOR_STATE = "slurm_sacct.json"
+FIRST_LOOK_BACK = 360  # seconds of finished jobs the very first run reports
+# How far before now the cursor stops: more than the clock difference between this node and slurmctld, and
+# than the time from a job's end to its record in slurmdbd on a healthy cluster.
+MARGIN = 300
+MEMORY_UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 ** 2, "P": 1024 ** 3}
+MEMORY = re.compile(r"(\d+(?:\.\d+)?)([KMGTP]?)\Z")
+# Slurm's own bound on an array's size (MaxArraySize): a range beyond it is not a job array.
+MAX_ARRAY_TASKS = 4000001
+DURATION = re.compile(r"(?:(?:(\d+)-)?(\d+):)?(\d+):(\d+)\Z")
+ARRAY_RANGE = re.compile(r"(\d+)_\[([\d,\-]+)(?:%\d+)?\]\Z")
+LINE = re.compile(r"[^\n]+")
+AGENT_QUEUE = re.compile(r"^\s*DBD Agent queue size:\s*(\d+)\s*$", re.MULTILINE)
+
+
+def add_arguments(parser):
+    parser.add_argument("--slurm-queue", dest="slurm_queues", action="append", metavar="NAME:PARTITIONS",
+                        help="report a queue: NAME:PARTITIONS, a comma-separated partition list, empty for "
+                             "every partition (repeatable; 'all:' is every job)")
+    common.add_exclude_owner_argument(parser)
+
+
+def validate(opts):
+    for spec in opts.slurm_queues:
+        parse_queue_spec(spec)
+
+
+def parse_queue_spec(spec):
+    """(name, set of partitions, empty for all) of NAME:PARTITIONS."""
+    name, colon, partitions = spec.partition(":")
+    names = [partition.strip() for partition in partitions.split(",") if partition.strip()]
+    if not colon or not name.strip() or any(" " in partition for partition in names):
+        raise common.UsageError("bad slurm queue %r: expected NAME:PARTITIONS, e.g. all: or short:short,debug"
+                                % spec)
+    return name.strip(), frozenset(names)
+
+
+def squeue_command():
+    fields = ",".join("%s:0|" % field for field in SQUEUE_FIELDS.values())
+    return ["squeue", "--all", "--array", "--noheader", "--Format=" + fields]
+
+
+def duration(text):
+    """Seconds of Slurm's [[DAYS-]HOURS:]MINUTES:SECONDS."""
+    match = DURATION.match(text)
+    if not match:
+        raise ValueError(text)
+    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def tres(text):
+    """(CPUs, MiB) of a TRES string such as cpu=2,mem=256M,node=1,billing=2; (0, 0) for none."""
+    values = dict(item.partition("=")[::2] for item in text.split(",") if item)
+    cpus, memory = values.get("cpu", "0"), MEMORY.match(values.get("mem", "0"))
+    if not cpus.isdigit() or not memory:
+        raise ValueError(text)
+    return int(cpus), float(memory.group(1)) * MEMORY_UNITS[memory.group(2) or "M"]
+
+
+def lines(text):
+    """The text's lines that hold more than white space, one at a time: neither a list of them nor a copy
+    of the text (io.StringIO keeps four bytes a character) is made, so memory does not grow with the queue."""
+    return (line for line in (match.group() for match in LINE.finditer(text)) if not line.isspace())
+
+
+def parsed_rows(text, parse, tool, log=None):
+    """Yield what PARSE makes of each line of TOOL's text: a list of rows, or ValueError for a line that does not
+    parse, which is skipped, and counted in one warning when a log is given."""
+    bad = 0
+    for line in lines(text):
+        try:
+            rows = parse(line.split("|"))
+        except ValueError:
+            bad += 1
+            continue
+        yield from rows
+    if bad and log:
+        log.warning("%d line(s) of %s output did not parse and were skipped", bad, tool)
+
+
+def squeue_row(fields):
+    if len(fields) != len(SQUEUE_FIELDS) + 1 or fields[-1].strip():
+        raise ValueError
+    row = dict(zip(SQUEUE_FIELDS, (field.strip() for field in fields)))
+    if not row["id"] or not row["user"] or not row["state"].isupper():
+        raise ValueError
+    cpus, memory = tres(row["tres"])
+    row.update(partitions=set(row["partitions"].split(",")), runtime=duration(row["time"]), cpus=cpus,
+               memory=memory, held=row["state"] == "PENDING" and (int(row["priority"]) == 0
+                                                                  or row["reason"].startswith("JobHeld")))
+    return [row]
+
+
+def squeue_rows(text, log=None):
+    """Each job of the squeue text as a dict: id, user, state (as squeue names it), partitions (a set), held,
+    runtime (s), cpus, memory (MiB allocated)."""
+    return parsed_rows(text, squeue_row, "squeue", log)
+
+
+def queue_documents(queues, rows):
+    """The slurmqueue document of each (name, partitions) queue, from one pass over the rows."""
+    totals = [{"kind": "slurmqueue", "queue": name, "idle": 0, "running": 0, "held": 0, "allocated_cores": 0,
+               "allocated_mem": 0} for name, _ in queues]
+    for row in rows:
+        for (_, partitions), document in zip(queues, totals):
+            if partitions and not partitions & row["partitions"]:
+                continue
+            if row["state"] == "RUNNING":
+                document["running"] += 1
+                document["allocated_cores"] += row["cpus"]
+                document["allocated_mem"] += row["memory"]
+            elif row["state"] == "PENDING":
+                document["held" if row["held"] else "idle"] += 1
+    for document in totals:
+        document["allocated_mem"] = int(round(document["allocated_mem"]))
+    return totals
+
+
+def sacct_command(since, until):
+    window = [time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(moment)) for moment in (since, until)]
+    return ["sacct", "--allusers", "--allocations", "--noheader", "--parsable2",
+            "--format=" + ",".join(SACCT_FIELDS), "--state=" + ",".join(sorted(FINAL_STATES)),
+            "--starttime=" + window[0], "--endtime=" + window[1]]
+
+
+def array_ids(job_id):
+    """The Ids a sacct JobID stands for: itself, or each task of an array that never ran (123_[1-3,7])."""
+    match = ARRAY_RANGE.match(job_id)
+    if not match:
+        return [job_id]
+    tasks = []
+    for part in match.group(2).split(","):
+        first, _, last = part.partition("-")
+        tasks.append(range(int(first), int(last or first) + 1))
+    if sum(map(len, tasks)) > MAX_ARRAY_TASKS:
+        raise ValueError(job_id)
+    return ["%s_%d" % (match.group(1), task) for numbers in tasks for task in numbers]
+
+
+def sacct_row(fields):
+    if len(fields) != len(SACCT_FIELDS):
+        raise ValueError
+    job_id, user, state, elapsed, end = fields
+    state = state.split(" ")[0].lower()
+    if not job_id or not user or state not in FINAL_STATES.values() or not elapsed.isdigit() or not end.isdigit():
+        raise ValueError
+    return [{"id": one, "user": user, "state": state, "runtime": int(elapsed), "end": int(end)}
+            for one in array_ids(job_id)]
+
+
+def sacct_rows(text, log=None):
+    """Each finished job of the sacct text (SLURM_TIME_FORMAT=%s) as a dict: id, user, state (lower case,
+    "CANCELLED by 1000" as cancelled), runtime (s), end (epoch s); an array that never ran as its tasks."""
+    return parsed_rows(text, sacct_row, "sacct", log)
+
+
+def read_state(stored, now):
+    """The cursor state as (state, problem): {"since": epoch s, "seen": {Id: end}}; a missing or unreadable one
+    starts FIRST_LOOK_BACK seconds ago (problem "corrupt" when there was one)."""
+    if isinstance(stored, dict) and set(stored) == {"since", "seen"} and type(stored["since"]) is int \
+            and stored["since"] <= now and isinstance(stored["seen"], dict) \
+            and all(type(end) is int for end in stored["seen"].values()):
+        return stored, None
+    return {"since": int(now) - FIRST_LOOK_BACK, "seen": {}}, None if stored is None else "corrupt"
+
+
+def next_state(state, finished, settled, now):
+    """The state after a run that read the FINISHED rows from the window; SETTLED: slurmctld had no
+    accounting record waiting for slurmdbd before sacct ran, so every job that ended MARGIN seconds ago is in
+    the window's past for good."""
+    since = max(state["since"], int(now) - MARGIN) if settled else state["since"]
+    seen = {job: end for job, end in state["seen"].items() if end >= since}
+    seen.update((row["id"], row["end"]) for row in finished if row["end"] >= since)
+    return {"since": since, "seen": seen}
+
+
+def agent_queue(text, log):
+    """Records slurmctld holds for slurmdbd (sdiag's DBD Agent queue size); 0 when sdiag does not say."""
+    match = AGENT_QUEUE.search(text)
+    if not match:
+        log.warning("sdiag printed no DBD Agent queue size: finished jobs whose accounting record comes late "
+                    "may be missed")
+        return 0
+    return int(match.group(1))
+
+
+def job_document(row, owner):
+    return {"kind": "slurmjob", "users": owner, "Id": row["id"], "Runtime": row["runtime"],
+            "state": row["state"].lower()}
+
+
+def replaced_by_next_run(document):
+    """Queue totals and queued jobs come again next run; a finished job is reported only once."""
+    return document["kind"] == "slurmqueue" or document.get("state") not in FINAL_STATES.values()
+
+
+def collect(run):
+    """Yield the documents. squeue and sdiag run before the first one, so slurmctld down yields none; sacct
+    failing (slurmdbd down) costs only the finished jobs, which a later run reports, the cursor staying."""
+    opts, log = run.opts, run.log
+    excluded = set(opts.exclude_owners)
+    now = time.time()
+    # The queue before the accounting: a job that ends between the two is then in sacct's answer.
+    queue_text = run.command(squeue_command())
+    waiting = agent_queue(run.command(["sdiag"]), log)
+    state, problem = read_state(run.state.load(CURSOR_STATE), now)
+    if problem:
+        log.warning("state file %s holds no sacct cursor: looking back %d s afresh", run.state.file(CURSOR_STATE),
+                    FIRST_LOOK_BACK)
+    # End times as epoch seconds: no time zone or locale to get wrong.
+    os.environ["SLURM_TIME_FORMAT"] = "%s"
+    try:
+        # The end of the window is well ahead: a job slurmctld's clock dates later than ours is not cut off.
+        finished = list(sacct_rows(run.command(sacct_command(state["since"], now + 86400)), log))
+    except common.SourceError as error:
+        run.source_failed("%s: finished jobs are reported once sacct answers" % error)
+        finished = None
+    if finished is not None:
+        if waiting:
+            log.info("slurmctld holds %d record(s) for slurmdbd: the sacct cursor stays where it is", waiting)
+        run.after_delivery.append(lambda: run.state.save(CURSOR_STATE, next_state(state, finished, not waiting,
+                                                                                  now)))
+    queues = [parse_queue_spec(spec) for spec in opts.slurm_queues]
+    yield from queue_documents(queues, squeue_rows(queue_text))
+    done = {row["id"] for row in finished or ()}
+    fresh = [row for row in finished or () if row["id"] not in state["seen"]]
+    # A job in both ended while the run looked: it is reported as finished.
+    queued = (row for row in squeue_rows(queue_text, log) if row["id"] not in done)
+    for row in itertools.chain(queued, fresh):
+        if row["user"] in excluded:
+            continue
+        owner = run.users.report_name(row["user"])
+        if owner is not None:
+            yield job_document(row, owner)
+
+
+if __name__ == "__main__":
+    sys.exit(common.script_main(sys.modules[__name__]))
