@@ -184,9 +184,10 @@ def add_common_arguments(parser):
         help="after each run, rewrite DIR/afmetrics.prom with every collector's last run for node_exporter's "
              "textfile collector (default: none)")
     add("--status", action="store_true",
-        help="collect nothing: print each collector's last run from the state dir (the umbrella without -s -b -j "
-             "--host: every collector that ran) and exit as a Nagios plugin: 0 OK, 1 WARNING (documents kept for "
-             "later), 2 CRITICAL (a source failing, or no success within --stale-after), 3 UNKNOWN (no run yet)")
+        help="collect nothing: print each collector's last run from the state dir (the umbrella without a "
+             "collector chosen: every collector that ran) and exit as a Nagios plugin: 0 OK, 1 WARNING (documents "
+             "kept for later), 2 CRITICAL (a source failing, or no success within --stale-after), 3 UNKNOWN (no run "
+             "yet, or the check cannot run)")
     add("--json", action="store_true", help="with --status: the same as one JSON object")
     add("--stale-after", metavar="SECONDS", type=non_negative_number,
         help="--status is CRITICAL when no run succeeded for this long (default 900; 0: never)")
