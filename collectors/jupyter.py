@@ -3,7 +3,9 @@
 kind jupyter-NAME with the distinct values of LABEL on the namespace's pods that have not finished.
 
 Kubernetes access: --kubeconfig, else $KUBECONFIG, else the in-cluster service account.
-Example: KUBECONFIG=/etc/kubernetes/admin.conf python3 collectors/jupyter.py -d -v
+Example: KUBECONFIG=afmetrics-reader.kubeconfig python3 collectors/jupyter.py -d -v
+(the pod reader's kubeconfig: deploy/kubernetes and scripts/afmetrics-kubeconfig, README "Kubernetes access for
+jupyter"; never the cluster's admin.conf)
 """
 import json
 import os

@@ -202,6 +202,14 @@ def test_reader_is_refused_everything_else(cluster, reader, method, path, body):
     assert ' is forbidden: User "%s" cannot ' % READER in answer["message"]  # RBAC's refusal, not another
 
 
+def until_status(kubeconfig, path, status, seconds):
+    """Waits until the reader's GET of PATH answers STATUS: RBAC's and authentication's caches take a moment."""
+    deadline = time.monotonic() + seconds
+    while call(kubeconfig, "GET", path)[0] != status:
+        assert time.monotonic() < deadline, "%s did not answer %s within %s s" % (path, status, seconds)
+        time.sleep(0.2)
+
+
 def resource_rules(kubeconfig, namespace):
     review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
               "spec": {"namespace": namespace}}
@@ -254,6 +262,7 @@ def test_each_hub_namespace_takes_one_role_and_binding(cluster, reader, run_jupy
         "role.rbac.authorization.k8s.io/afmetrics-reader created",
         "rolebinding.rbac.authorization.k8s.io/afmetrics-reader created"]
     try:
+        until_status(reader, "/api/v1/namespaces/coffea-casa/pods", 200, 10)
         done = run_jupyter("--kubeconfig", reader, *BOTH_SERVICES)
         checked = make_kubeconfig(cluster, tmp_path / "both.kubeconfig", "--check-namespace", ML_NAMESPACE,
                                   "--check-namespace", COFFEA_NAMESPACE)
@@ -267,6 +276,7 @@ def test_each_hub_namespace_takes_one_role_and_binding(cluster, reader, run_jupy
     # The documented way to take a namespace's access away.
     assert removed == ['role.rbac.authorization.k8s.io "afmetrics-reader" deleted',
                        'rolebinding.rbac.authorization.k8s.io "afmetrics-reader" deleted']
+    until_status(reader, "/api/v1/namespaces/coffea-casa/pods", 403, 10)
     assert the_error(run_jupyter("--kubeconfig", reader, *BOTH_SERVICES)) == refused
 
 
@@ -281,10 +291,7 @@ def test_rotated_token_is_refused_until_the_kubeconfig_is_made_again(cluster, re
         "secret/afmetrics-reader-token created"]
     try:
         # kube-apiserver caches each token it accepted for 10 s: the old one is refused within that.
-        deadline = time.monotonic() + 12
-        while call(reader, "GET", "/api/v1/namespaces/af-jupyter/pods")[0] == 200:
-            assert time.monotonic() < deadline, "the old token still works"
-            time.sleep(0.5)
+        until_status(reader, "/api/v1/namespaces/af-jupyter/pods", 401, 20)
         assert the_error(run_jupyter("--kubeconfig", reader)) == (
             "ERROR:jupyter:Kubernetes API %s refused to list pods in af-jupyter: HTTP 401 Unauthorized"
             % cluster.url)
