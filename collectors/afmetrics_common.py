@@ -9,6 +9,8 @@ afmetrics_state (state files, locks, spool) and afmetrics_delivery (the endpoint
 module alone and find what they need here.
 """
 import argparse
+import collections
+import hashlib
 import itertools
 import json
 import logging
@@ -18,13 +20,15 @@ import sys
 import time
 
 from afmetrics_delivery import Delivery, network_failure, with_token
-from afmetrics_privacy import UserFilter, login_node
+from afmetrics_privacy import UserFilter, host_name, login_node
 from afmetrics_settings import (COLLECTOR_SETTINGS, COMMON_SETTINGS, KUBERNETES_SERVICEACCOUNT_DIR, UsageError,
                                 __version__, add_common_arguments, resolve_settings, warn_about_visible_secrets)
+from afmetrics_record import LastError, load_record, recorded_collectors, save_record
 from afmetrics_state import Spool, StateDir
+from afmetrics_status import status_report, write_textfile
 
-__all__ = ["COLLECTOR_SETTINGS", "COMMON_SETTINGS", "KUBERNETES_SERVICEACCOUNT_DIR", "SourceError", "UsageError",
-           "__version__", "main", "network_failure", "script_main"]
+__all__ = ["COLLECTOR_SETTINGS", "COMMON_SETTINGS", "KUBERNETES_SERVICEACCOUNT_DIR", "SourceError", "StateDir",
+           "UsageError", "__version__", "main", "network_failure", "recorded_collectors", "script_main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -184,29 +188,56 @@ def collect_and_deliver(module, opts, users, delivery, deadline):
         run.log.warning("previous %s run still going: this run skipped", module.NAME)
         return EXIT_OK
     with lock:
-        delivered = deliver_with_spool(run, collection, delivery, replaced_by_next_run(module))
-        if collection.complete:
-            run.log.info("collected %d document(s)", collection.count)
-        if delivered is None:
-            return EXIT_FAILED
-        status = EXIT_OK if delivered and not collection.failed else EXIT_FAILED
-        if collection.complete:
-            for commit in run.after_delivery:
-                try:
-                    commit()
-                except OSError as error:
-                    run.log.error("cannot save state: %s: %s (the next run may send some documents again)",
-                                  error.strerror, error.filename)
-                    status = EXIT_FAILED
-        return EXIT_FAILED if run.partly_failed else status
+        started = time.time()
+        with LastError() as last_error:
+            delivered = deliver_with_spool(run, collection, delivery, replaced_by_next_run(module))
+            if collection.complete:
+                run.log.info("collected %d document(s)", collection.count)
+            everything_delivered = delivered.kept_all and not (delivered.spool_documents or delivered.refused)
+            status = EXIT_OK if everything_delivered and not collection.failed else EXIT_FAILED
+            if collection.complete and delivered.kept_all:
+                for commit in run.after_delivery:
+                    try:
+                        commit()
+                    except OSError as error:
+                        run.log.error("cannot save state: %s: %s (the next run may send some documents again)",
+                                      error.strerror, error.filename)
+                        status = EXIT_FAILED
+            if run.partly_failed:
+                status = EXIT_FAILED
+        return keep_record(run, started, status, collection, delivered, last_error.message)
+
+
+def keep_record(run, started, status, collection, delivered, last_error):
+    """Write the run's record (and the textfile from every collector's record); return the exit status, 1 when
+    the record cannot be written: --status would go on showing an older run as the last."""
+    counts = dict(collected=collection.count, delivered=delivered.delivered, spooled=delivered.spooled,
+                  refused=delivered.refused, dropped=delivered.dropped, spool_documents=delivered.spool_documents)
+    try:
+        save_record(run.state, run.name, started, status, counts, delivered.spool_oldest_ms,
+                    collection.failed or run.partly_failed, last_error)
+    except OSError as error:
+        run.log.error("cannot write the run record: %s: %s", error.strerror, error.filename)
+        return EXIT_FAILED
+    if run.opts.textfile_dir:
+        try:
+            with run.state.try_lock("textfile", wait=True):  # two collectors' runs must not lose each other's
+                records = {name: load_record(run.state, name) for name in recorded_collectors(run.state)}
+                write_textfile(run.opts.textfile_dir, {name: value for name, value in records.items() if value})
+        except OSError as error:
+            run.log.error("cannot write the node_exporter textfile: %s: %s", error.strerror, error.filename)
+    return status
+
+
+# What became of a run's documents: delivered, spooled (this run's, kept for the next), refused (by the endpoint,
+# dropped), dropped (by the spool: corrupt, expired, over its bound); the spool file after the run; and kept_all:
+# False when undelivered documents could not be kept, so that the state must stay where it was.
+Delivered = collections.namedtuple("Delivered", "delivered spooled refused dropped spool_documents spool_oldest_ms "
+                                                "kept_all")
 
 
 def deliver_with_spool(run, collection, delivery, is_snapshot):
-    """Send what the spool holds, oldest first, then the new documents; spool what did not go.
-
-    Returns True when everything was delivered, False when documents were kept (or refused), None when
-    undelivered documents could not be kept (the state must then stay where it was).
-    """
+    """Send what the spool holds, oldest first, then the new documents; spool what did not go. Returns Delivered."""
     spool = Spool(run.state, run.name, run.opts, run.log, is_snapshot)
     collected_ms = int(time.time() * 1000)
     collection.start()
@@ -215,12 +246,12 @@ def deliver_with_spool(run, collection, delivery, is_snapshot):
     if waiting:
         run.log.info("re-sending %d spooled document(s) first", len(waiting))
     spooled = delivery.deliver(waiting, run.opts.token, run.log)
-    kept = len(spooled.undelivered)
+    kept, oldest_ms = len(spooled.undelivered), None
     if waiting or spool.needs_rewrite:
         # At once: whatever becomes of this run's own documents, the spool now holds only what is left of
         # it, without its corrupt and expired lines.
         try:
-            kept = spool.save(spooled.undelivered)
+            kept, oldest_ms = spool.save(spooled.undelivered)
         except OSError as error:
             run.log.error("cannot rewrite the spool: %s: %s (its delivered documents will be sent again)",
                           error.strerror, error.filename)
@@ -237,20 +268,31 @@ def deliver_with_spool(run, collection, delivery, is_snapshot):
         refused = []
     to_keep = [dict(d, timestamp=d.get("timestamp", collected_ms))
                for d in fresh.undelivered + [document for document, _ in refused]]
+    kept_all = True
     if to_keep:
         undelivered = spooled.undelivered + to_keep
         try:
-            kept = spool.save(undelivered)
+            kept, oldest_ms = spool.save(undelivered)
         except OSError as error:
             run.log.error("cannot keep %d document(s): %s: %s", len(undelivered), error.strerror, error.filename)
-            return None
+            kept_all = False
     delivery.log_retries(spooled.retried + fresh.retried, run.log)
-    dropped = len(spooled.refused) + len(fresh.refused) - len(refused)
-    if kept:
+    dropped_by_endpoint = len(spooled.refused) + len(fresh.refused) - len(refused)
+    not_delivered = len(spooled.undelivered) + len(fresh.undelivered) + len(spooled.refused) + len(fresh.refused)
+    delivered = len(waiting) + collection.count - not_delivered
+    if kept_all and kept:
         run.log.error("%d document(s) not delivered (%s): kept for the next run", kept, delivery.why_not)
-    else:
-        run.log.info("delivered %d document(s)", len(waiting) + collection.count - dropped)
-    return not kept and not dropped
+    elif kept_all:
+        run.log.info("delivered %d document(s)", delivered)
+    return Delivered(delivered, len(to_keep) if kept_all else 0, dropped_by_endpoint, spool.dropped(), kept,
+                     oldest_ms, kept_all)
+
+
+def splay_delay(name, splay):
+    """Seconds the host called name waits before it collects: a share of splay fixed by the name, so that a
+    fleet's nodes spread over [0, splay) and each keeps its place from run to run."""
+    share = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big") / 2.0 ** 64
+    return splay * share
 
 
 def run_collectors(modules, opts, started):
@@ -261,8 +303,23 @@ def run_collectors(modules, opts, started):
     if not opts.debug:
         StateDir(opts.state_dir, log).prepare()
     deadline = started + opts.run_budget
+    # The wait counts against the run budget (splay < run_budget), so that it never pushes a run into the next
+    # one. A person at a terminal does not wait, nor does a debug run.
+    if opts.splay and not opts.debug and not sys.stdin.isatty():
+        delay = splay_delay(host_name(), opts.splay)
+        log.info("splay: starting in %.1f s", delay)
+        time.sleep(delay)
     delivery = None if opts.debug else Delivery(opts, deadline)
     return max(collect_and_deliver(module, opts, users, delivery, deadline) for module in modules)
+
+
+def show_status(modules, opts):
+    """--status: one line (or JSON) per collector from its record; returns the Nagios exit status."""
+    state = StateDir(opts.state_dir, log)
+    text, status = status_report({module.NAME: load_record(state, module.NAME) for module in modules}, time.time(),
+                                 opts.stale_after, opts.json)
+    print(text)
+    return status
 
 
 def main(modules, parser, settings, argv=None):
@@ -272,9 +329,12 @@ def main(modules, parser, settings, argv=None):
     setup_logging(0)
     try:
         opts = resolve_settings(parser, settings, argv)
-        setup_logging(opts.verbose, opts.log_file)
+        # --status runs as a monitoring agent's user, who may not write the collectors' log: stderr then.
+        setup_logging(opts.verbose, "" if opts.status else opts.log_file)
         warn_about_visible_secrets(opts)
         selected = modules(opts) if callable(modules) else modules
+        if opts.status:
+            return show_status(selected, opts)
         for module in selected:
             if hasattr(module, "validate"):
                 module.validate(opts)

@@ -9,7 +9,6 @@ import logging
 import math
 import os
 import re
-import ssl
 
 __version__ = "1.0.0"
 
@@ -77,6 +76,9 @@ COMMON_SETTINGS = [
     Setting("timeout", "number", 60.0),
     Setting("send_budget", "number", 120.0),
     Setting("run_budget", "number", 240.0),
+    Setting("splay", "number", 0.0),
+    Setting("stale_after", "number", 900.0),
+    Setting("textfile_dir", "str", ""),
     Setting("spool_max_documents", "int", 100000),
     Setting("spool_max_age_hours", "number", 168.0),
     Setting("batch_size", "int", 1),
@@ -166,6 +168,19 @@ def add_common_arguments(parser):
     add("--run-budget", metavar="SECONDS", type=non_negative_number,
         help="time the whole run may take, every collector's commands and delivery, so that it ends before the "
              "next cron run (default 240)")
+    add("--splay", metavar="SECONDS", type=non_negative_number,
+        help="spread a fleet's runs: wait a share of SECONDS fixed by this host's name before collecting (part "
+             "of the run budget, so less than it; not with -d, --status or from a terminal; default 0)")
+    add("--textfile-dir", metavar="DIR",
+        help="after each run, rewrite DIR/afmetrics.prom with every collector's last run for node_exporter's "
+             "textfile collector (default: none)")
+    add("--status", action="store_true",
+        help="collect nothing: print each collector's last run from the state dir (the umbrella without -s -b -j "
+             "--host: every collector that ran) and exit as a Nagios plugin: 0 OK, 1 WARNING (documents kept for "
+             "later), 2 CRITICAL (a source failing, or no success within --stale-after), 3 UNKNOWN (no run yet)")
+    add("--json", action="store_true", help="with --status: the same as one JSON object")
+    add("--stale-after", metavar="SECONDS", type=non_negative_number,
+        help="--status is CRITICAL when no run succeeded for this long (default 900)")
     add("--gzip", action="store_true", default=None,
         help="send request bodies gzip-compressed (the endpoint must take Content-Encoding: gzip)")
     add("--version", action="version", version="afmetrics " + __version__)
@@ -270,6 +285,7 @@ def check_url(url):
 
 def check_ca_bundle(path):
     """A CA bundle that cannot be loaded would fail every delivery: a UsageError naming it instead."""
+    import ssl  # here: 12 ms of every run's start, a debug run's too, where no bundle is checked
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
     except ssl.SSLError:  # before OSError, of which it is one
@@ -298,7 +314,12 @@ def resolve_settings(parser, settings, argv=None):
         setattr(args, setting.name, configured_value(setting, config_path, file_values) if given is None
                 else command_line_value(setting, given))
     args.state_dir = args.state_dir or _default_state_dir()
-    if not args.debug:
+    if args.json and not args.status:
+        raise UsageError("--json goes with --status")
+    if args.splay and args.splay >= args.run_budget:
+        raise UsageError("splay %g s must be less than run_budget %g s: the wait is part of the run"
+                         % (args.splay, args.run_budget))
+    if not (args.debug or args.status):
         check_url(args.url)
         if args.ca_bundle:
             check_ca_bundle(args.ca_bundle)

@@ -1,5 +1,5 @@
 """The state dir: small JSON files carried between runs (written atomically), per-collector locks, and the
-spool of documents that could not be delivered."""
+spool of documents that could not be delivered. write_atomically() serves any file a run replaces whole."""
 import collections
 import errno
 import fcntl
@@ -11,6 +11,29 @@ import time
 from afmetrics_settings import UsageError
 
 FILE_MODE = 0o644
+# Readable by all: --status runs as a monitoring agent's user. Writable by the run user alone.
+DIR_MODE = 0o755
+
+
+def write_atomically(target, text):
+    """Replace target by text: a crash leaves either the old or the new file, never a torn one. Mode 0644
+    whatever the umask: a hand run as root must leave files the run user's cron runs can still read (the
+    directory guards them). Raises OSError naming target; no temporary file is left behind."""
+    temporary = "%s.%d.tmp" % (target, os.getpid())
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        with open(descriptor, "w", encoding="utf-8") as handle:
+            os.fchmod(descriptor, FILE_MODE)
+            handle.write(text)
+            handle.flush()
+            os.fsync(descriptor)
+        os.replace(temporary, target)
+    except OSError as error:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass  # never created, or its directory is gone: nothing left behind either way
+        raise OSError(error.errno, error.strerror, target)
 
 
 class StateDir:
@@ -25,7 +48,7 @@ class StateDir:
 
     def prepare(self):
         try:
-            os.makedirs(self.path, mode=0o700, exist_ok=True)
+            os.makedirs(self.path, mode=DIR_MODE, exist_ok=True)
         except OSError as error:
             raise UsageError("cannot create state dir %s: %s (set --state-dir)" % (self.path, error.strerror))
         if not os.access(self.path, os.W_OK | os.X_OK):
@@ -46,29 +69,12 @@ class StateDir:
         self.write_text(name, json.dumps(value))
 
     def write_text(self, name, text):
-        # A crash leaves either the old or the new file, never a torn one. Mode 0644 whatever the umask: a hand
-        # run as root must leave files the run user's cron runs can still read (the directory guards them).
-        target = self.file(name)
-        temporary = "%s.%d.tmp" % (target, os.getpid())
-        try:
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-            with open(descriptor, "w", encoding="utf-8") as handle:
-                os.fchmod(descriptor, FILE_MODE)
-                handle.write(text)
-                handle.flush()
-                os.fsync(descriptor)
-            os.replace(temporary, target)
-        except OSError as error:
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass  # never created, or its directory is gone: nothing left behind either way
-            raise OSError(error.errno, error.strerror, target)
+        write_atomically(self.file(name), text)
 
-    def try_lock(self, name):
-        """An open, flock-ed file kept for the run, or None when a previous run still holds it; OSError when
-        the lock file cannot be opened (a directory in the way). Read-only: flock needs no more, and a lock
-        file another user made (a hand run as root) is still readable."""
+    def try_lock(self, name, wait=False):
+        """An open, flock-ed file kept for the run, or None when a previous run still holds it (with wait:
+        once it lets go); OSError when the lock file cannot be opened (a directory in the way). Read-only:
+        flock needs no more, and a lock file another user made (a hand run as root) is still readable."""
         path = self.file(name + ".lock")
         try:
             handle = open(os.open(path, os.O_RDONLY | os.O_CREAT, FILE_MODE))
@@ -77,7 +83,7 @@ class StateDir:
         if os.fstat(handle.fileno()).st_uid == os.geteuid():
             os.fchmod(handle.fileno(), FILE_MODE)  # the umask must not make it another user's to open
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
             handle.close()
             if error.errno in (errno.EAGAIN, errno.EACCES):
@@ -93,6 +99,7 @@ class Spool:
     that the caller's save() removes them. save() keeps at most spool_max_documents: when there are more,
     the oldest snapshots go first (is_snapshot(document) is True for what a later run sends again anyway:
     queue totals, users, load), events (finished jobs, NETWORK deltas) only when nothing else is left.
+    dropped() counts what load() and save() threw away.
     """
 
     def __init__(self, state, name, opts, logger, is_snapshot):
@@ -101,6 +108,10 @@ class Spool:
         self.max_age_ms = opts.spool_max_age_hours * 3600 * 1000
         self.needs_rewrite = False
         self.unreadable = None  # the OSError that kept load() from reading the file: save() must not replace it
+        self._dropped_lines = 0
+        # A run saves twice, the second time with what the first kept plus its own: a document dropped the
+        # first time comes again and must count once (the caller holds every one of them meanwhile).
+        self._dropped_documents = set()
 
     def path(self):
         return self.state.file(self.name)
@@ -134,11 +145,12 @@ class Spool:
             self.log.warning("spool %s: %d document(s) older than %g hours dropped", self.path(), expired,
                              self.max_age_ms / 3600000)
         self.needs_rewrite = bool(corrupt or expired)
+        self._dropped_lines += corrupt + expired
         return documents
 
     def save(self, documents):
-        """Replace the spool by documents (each with its timestamp), within the bounds; raises OSError, also
-        when load() could not read the spool there."""
+        """Replace the spool by documents (each with its timestamp), within the bounds, and return (how many it
+        kept, the oldest one's timestamp or None); raises OSError, also when load() could not read the spool."""
         if self.unreadable:
             raise self.unreadable
         cutoff = time.time() * 1000 - self.max_age_ms
@@ -151,7 +163,13 @@ class Spool:
             kept = self._drop_oldest(kept, excess)
         self.state.write_text(self.name, "".join(json.dumps(document) + "\n" for document in kept))
         self.needs_rewrite = False
-        return len(kept)
+        kept_ids = {id(document) for document in kept}
+        self._dropped_documents.update(id(document) for document in documents if id(document) not in kept_ids)
+        return len(kept), min((document["timestamp"] for document in kept), default=None)
+
+    def dropped(self):
+        """Documents and lines load() and save() threw away (corrupt, expired, over the bound)."""
+        return self._dropped_lines + len(self._dropped_documents)
 
     def _drop_oldest(self, documents, excess):
         snapshot = [bool(self.is_snapshot(document)) for document in documents]

@@ -31,6 +31,13 @@ def skip_or_fail(reason):
     pytest.skip(reason)
 
 
+def apt_get(*args, cwd=None):
+    """apt-get -q -y ARGS, never asking; a CompletedProcess (text)."""
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    return subprocess.run(["apt-get", "-q", "-y"] + list(args), capture_output=True, text=True, env=env,
+                          timeout=600, stdin=subprocess.DEVNULL, cwd=cwd)
+
+
 def json_lines(path):
     """The documents of a JSON Lines file (a debug file or a spool); [] when there is no such file."""
     path = pathlib.Path(path)
@@ -102,4 +109,4 @@ def run_collector():
     return run
 
 
-pytest_plugins = ["k8s_standin", "condor_pool", "proxy"]
+pytest_plugins = ["k8s_standin", "condor_pool", "proxy", "promtool"]

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import skip_or_fail
+from conftest import apt_get, skip_or_fail
 
 PACKAGE = "tinyproxy-bin"
 # tinyproxy's BasicAuth takes [-a-z0-9._]+ only: "-" is sent percent-encoded (%2D) to check that it is decoded.
@@ -28,12 +28,6 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def _apt_get(*args):
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    return subprocess.run(["apt-get", "-q", "-y"] + list(args), capture_output=True, text=True, env=env,
-                          timeout=600, stdin=subprocess.DEVNULL)
-
-
 @pytest.fixture(scope="session")
 def tinyproxy_program():
     """The tinyproxy executable; apt-get installs it when missing (root only)."""
@@ -44,10 +38,10 @@ def tinyproxy_program():
         skip_or_fail("tinyproxy is not installed and there is no apt-get to install it")
     if os.geteuid() != 0:
         skip_or_fail("tinyproxy is not installed (apt-get install %s needs root)" % PACKAGE)
-    done = _apt_get("install", "--no-install-recommends", PACKAGE)
+    done = apt_get("install", "--no-install-recommends", PACKAGE)
     if done.returncode != 0:  # package lists missing or stale
-        _apt_get("update")
-        done = _apt_get("install", "--no-install-recommends", PACKAGE)
+        apt_get("update")
+        done = apt_get("install", "--no-install-recommends", PACKAGE)
     found = shutil.which("tinyproxy", path="/usr/sbin:/usr/bin")
     if done.returncode != 0 or not found:
         skip_or_fail("apt-get install %s failed: %s" % (PACKAGE, (done.stderr.strip().splitlines() or ["?"])[-1]))

@@ -30,11 +30,10 @@ AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
 def in_process_options(receiver, state_dir, **more):
     """The settings of a real run to the receiver, for a collector run in this process."""
-    return types.SimpleNamespace(url=receiver.url, ca_bundle=receiver.ca_file, send_budget=30.0, run_budget=240.0,
-                                 connections=1, batch_size=1, gzip=False, token=TOKEN, cluster="UC-AF", debug=False,
-                                 timeout=60, state_dir=str(state_dir), spool_max_documents=10,
-                                 spool_max_age_hours=1.0, obfuscate_users=False, salt="", group="",
-                                 obfuscate_hosts="", **more)
+    defaults = {setting.name: setting.default for setting in afmetrics_settings.COMMON_SETTINGS}
+    return types.SimpleNamespace(**dict(defaults, url=receiver.url, ca_bundle=receiver.ca_file, send_budget=30.0,
+                                        connections=1, token=TOKEN, cluster="UC-AF", state_dir=str(state_dir),
+                                        spool_max_documents=10, spool_max_age_hours=1.0, **more))
 
 
 def run_in_process(module, opts):
