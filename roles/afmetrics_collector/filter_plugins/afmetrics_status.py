@@ -1,0 +1,108 @@
+"""The fleet check of playbooks/status.yml: one table from every login node's `afmetrics_collector --status
+--json`.
+
+afmetrics_fleet_status(hostvars, hosts, now=None): for the inventory names in hosts, each node's registered
+    `_afmetrics_status_run` (a command result; missing where the node did not answer) is read into
+    {"lines": [the table, one line per node and collector, a header first and a count last],
+     "critical": [nodes whose status is CRITICAL], "unanswered": [nodes with no status to read],
+     "status": {node: OK|WARNING|CRITICAL|UNKNOWN|NO ANSWER}}.
+    Columns: node, collector, last success (UTC, and how long ago), outcome (status and the collector's summary),
+    spool (documents kept for a later run, and the oldest one's age). A node whose command did not exit 0-3 with
+    the JSON --status prints (no such command, a Python error) gets one row saying what it printed instead.
+    now (a timezone-aware datetime) is for the ages; the controller's clock by default.
+"""
+import datetime
+import json
+
+STATUSES = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
+HEADER = ("NODE", "COLLECTOR", "LAST SUCCESS", "OUTCOME", "SPOOL")
+SUMMARY_WIDTH = 90
+
+
+def _age(seconds):
+    seconds = int(seconds)
+    if seconds < 120:
+        return "%d s" % seconds
+    if seconds < 2 * 3600:
+        return "%d min" % (seconds // 60)
+    if seconds < 2 * 86400:
+        return "%d h" % (seconds // 3600)
+    return "%d d" % (seconds // 86400)
+
+
+def _when(stamp, now):
+    if not stamp:
+        return "never"
+    try:
+        then = datetime.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return str(stamp)
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=datetime.timezone.utc)
+    return "%s (%s ago)" % (then.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"),
+                            _age(max(0, (now - then).total_seconds())))
+
+
+def _spool(collector):
+    documents = collector.get("spool_documents") or 0
+    if not documents:
+        return "empty"
+    oldest = collector.get("spool_oldest_age_seconds")
+    return "%d documents%s" % (documents, ", oldest %s" % _age(oldest) if oldest is not None else "")
+
+
+def _one_line(text):
+    text = " ".join(str(text).split())
+    return text if len(text) <= SUMMARY_WIDTH else text[:SUMMARY_WIDTH - 3] + "..."
+
+
+def _parsed(result):
+    """The --status JSON of one node's command result, or the one line saying why there is none."""
+    if result is None:
+        return None, "no answer (unreachable, or failed before the status)"
+    if result.get("skipped"):
+        return None, "not checked: %s" % result.get("skip_reason", "skipped")
+    rc = result.get("rc")
+    if "rc" not in result:
+        return None, "no status: %s" % _one_line(result.get("msg", "the command did not run"))
+    try:
+        reply = json.loads(result.get("stdout", ""))
+    except ValueError:
+        reply = None
+    if rc not in (0, 1, 2, 3) or not isinstance(reply, dict) or reply.get("status") not in STATUSES:
+        said = (result.get("stderr") or result.get("stdout") or result.get("msg") or "").strip().splitlines()
+        return None, "no status (exit %s): %s" % (rc, _one_line(said[-1] if said else "nothing printed"))
+    return reply, None
+
+
+def afmetrics_fleet_status(hostvars, hosts, now=None):
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    rows, status, critical, unanswered = [], {}, [], []
+    for node in sorted(hosts):
+        reply, failure = _parsed(hostvars.get(node, {}).get("_afmetrics_status_run"))
+        if failure:
+            rows.append((node, "-", "-", "NO ANSWER: " + failure, "-"))
+            status[node] = "NO ANSWER"
+            unanswered.append(node)
+            continue
+        status[node] = reply["status"]
+        if reply["status"] == "CRITICAL":
+            critical.append(node)
+        for collector in reply.get("collectors") or []:
+            outcome = collector.get("status", "?")
+            if collector.get("summary"):
+                outcome += ": " + _one_line(collector["summary"])
+            rows.append((node, collector.get("collector", "?"), _when(collector.get("last_success"), now),
+                         outcome, _spool(collector)))
+        if not reply.get("collectors"):
+            rows.append((node, "-", "-", reply["status"] + ": no collector has a record yet", "-"))
+    widths = [max(len(row[i]) for row in rows + [HEADER]) for i in range(len(HEADER))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [HEADER] + rows]
+    counts = [(name, sum(1 for value in status.values() if value == name)) for name in STATUSES + ("NO ANSWER",)]
+    lines.append("%d nodes: %s" % (len(status), ", ".join("%d %s" % (n, name) for name, n in counts if n)))
+    return {"lines": lines, "critical": critical, "unanswered": unanswered, "status": status}
+
+
+class FilterModule:
+    def filters(self):
+        return {"afmetrics_fleet_status": afmetrics_fleet_status}
