@@ -5,6 +5,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import trustme
@@ -107,6 +108,32 @@ def run_collector():
                               capture_output=True, text=True, env=collector_environment(env),
                               cwd=cwd, timeout=timeout, stdin=subprocess.DEVNULL)
     return run
+
+
+def batch_collector(system, script, receiver, run_collector, directory, token, cluster):
+    """run(*args, script=SCRIPT, state=None, env=None): the batch collector (or the umbrella) against a real batch
+    system (condor_pool, slurm_cluster), delivering to the receiver; returns (CompletedProcess, the documents this
+    run delivered, seconds it took)."""
+    def run(*args, script=script, state=None, env=None):
+        before = len(receiver.documents)
+        started = time.monotonic()
+        done = run_collector(script, "-t", token, "-c", cluster, "-u", receiver.url, "--ca-bundle",
+                             receiver.ca_file, "--state-dir", state or directory / "state", *args,
+                             env=env or system.environment(), cwd=directory)
+        return done, receiver.documents[before:], time.monotonic() - started
+    return run
+
+
+def of_kind(documents, kind):
+    return [document for document in documents if document["kind"] == kind]
+
+
+def jobs_by_id_of_kind(documents, kind):
+    """{Id: document} of the job documents of that kind; a job twice in one run fails the test."""
+    jobs = of_kind(documents, kind)
+    ids = [job["Id"] for job in jobs]
+    assert len(ids) == len(set(ids)), "a job reported twice in one run: %s" % sorted(ids)
+    return {job["Id"]: job for job in jobs}
 
 
 pytest_plugins = ["k8s_standin", "condor_pool", "slurm_cluster", "proxy", "promtool"]

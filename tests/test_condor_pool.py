@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import log_lines
+from conftest import batch_collector, jobs_by_id_of_kind, log_lines, of_kind
 
 pytestmark = pytest.mark.condor
 
@@ -87,27 +87,11 @@ def job_mix(condor_pool):
 
 @pytest.fixture
 def collect(condor_pool, receiver, run_collector, tmp_path):
-    """Run condor.py (or the umbrella) against the pool and deliver to the receiver: (CompletedProcess,
-    documents this run delivered, seconds it took)."""
-    def run(*args, script="condor.py", state=None, env=None):
-        before = len(receiver.documents)
-        started = time.monotonic()
-        done = run_collector(script, "-t", TOKEN, "-c", CLUSTER, "-u", receiver.url, "--ca-bundle",
-                             receiver.ca_file, "--state-dir", state or tmp_path / "state", *args,
-                             env=env or condor_pool.environment(), cwd=tmp_path)
-        return done, receiver.documents[before:], time.monotonic() - started
-    return run
-
-
-def of_kind(documents, kind):
-    return [document for document in documents if document["kind"] == kind]
+    return batch_collector(condor_pool, "condor.py", receiver, run_collector, tmp_path, TOKEN, CLUSTER)
 
 
 def jobs_by_id(documents):
-    jobs = of_kind(documents, "condorjob")
-    ids = [job["Id"] for job in jobs]
-    assert len(ids) == len(set(ids)), "a job reported twice in one run: %s" % sorted(ids)
-    return {job["Id"]: job for job in jobs}
+    return jobs_by_id_of_kind(documents, "condorjob")
 
 
 def allocated(pool, constraint=""):

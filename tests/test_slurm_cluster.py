@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import log_lines
+from conftest import batch_collector, jobs_by_id_of_kind, log_lines, of_kind
 from slurm_cluster import FINAL_STATES, expand
 
 pytestmark = pytest.mark.slurm
@@ -85,27 +85,11 @@ def job_mix(slurm_cluster):
 
 @pytest.fixture
 def collect(slurm_cluster, receiver, run_collector, tmp_path):
-    """Run slurm.py (or the umbrella) against the cluster and deliver to the receiver: (CompletedProcess,
-    documents this run delivered, seconds it took)."""
-    def run(*args, script="slurm.py", state=None, env=None):
-        before = len(receiver.documents)
-        started = time.monotonic()
-        done = run_collector(script, "-t", TOKEN, "-c", CLUSTER, "-u", receiver.url, "--ca-bundle",
-                             receiver.ca_file, "--state-dir", state or tmp_path / "state", *args,
-                             env=env or slurm_cluster.environment(), cwd=tmp_path)
-        return done, receiver.documents[before:], time.monotonic() - started
-    return run
-
-
-def of_kind(documents, kind):
-    return [document for document in documents if document["kind"] == kind]
+    return batch_collector(slurm_cluster, "slurm.py", receiver, run_collector, tmp_path, TOKEN, CLUSTER)
 
 
 def jobs_by_id(documents):
-    jobs = of_kind(documents, "slurmjob")
-    ids = [job["Id"] for job in jobs]
-    assert len(ids) == len(set(ids)), "a job reported twice in one run: %s" % sorted(ids)
-    return {job["Id"]: job for job in jobs}
+    return jobs_by_id_of_kind(documents, "slurmjob")
 
 
 def seconds(text):
