@@ -16,7 +16,7 @@ $(STAMP): requirements.txt requirements-jupyter.txt requirements-dev.txt
 venv: $(STAMP)
 
 # Debug mode: no token needed; documents land as JSON Lines in $(RUN_DIR)/, state in $(RUN_DIR)/state.
-# ssh and host always run; batch only where condor_q is on PATH; jupyter only with a kubeconfig ($KUBECONFIG,
+# ssh and host always run; batch only where condor_q is on PATH, slurm where squeue is; jupyter only with a kubeconfig ($KUBECONFIG,
 # else ~/.kube/config) or an in-cluster service account. Each collector left out says why in one line and the
 # run exits 0; a collector that runs and fails still fails `make run`.
 RUN_DIR ?= run
@@ -25,6 +25,8 @@ run: $(STAMP)
 	@flags="-s --host"; kube=""; sa=""; \
 	if command -v condor_q >/dev/null 2>&1; then flags="$$flags -b"; \
 	else echo "make run: batch skipped: no condor_q on PATH"; fi; \
+	if command -v squeue >/dev/null 2>&1; then flags="$$flags --slurm"; \
+	else echo "make run: slurm skipped: no squeue on PATH"; fi; \
 	if [ -n "$${KUBECONFIG:-}" ]; then flags="$$flags -j"; \
 	elif [ -f "$$HOME/.kube/config" ]; then flags="$$flags -j"; kube="$$HOME/.kube/config"; \
 	elif [ -n "$${KUBERNETES_SERVICE_HOST:-}" ] && [ -f "$(KUBERNETES_SERVICEACCOUNT)/token" ]; then \

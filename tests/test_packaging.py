@@ -10,6 +10,7 @@ import configparser
 import email.parser
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import zipfile
@@ -27,6 +28,7 @@ PACKAGE_PYTHON = os.environ.get("AFMETRICS_PACKAGE_PYTHON") or sys.executable
 POOL_DOWN = CAPTURES / "sid-htcondor-25.14.1" / "pool-down"
 POOL_DOWN_TOOLS = {"condor_q": "q_all_af", "condor_history": "history_completedsince_af"}
 SKIPPED_BATCH = "make run: batch skipped: no condor_q on PATH"
+SKIPPED_SLURM = "make run: slurm skipped: no squeue on PATH"
 SKIPPED_JUPYTER = ("make run: jupyter skipped: no kubeconfig ($KUBECONFIG, ~/.kube/config) "
                    "and no in-cluster service account")
 
@@ -242,7 +244,7 @@ def make_run(tmp_path, path=None, env=None):
 def test_make_run_without_htcondor_or_kubernetes_says_what_it_skipped_and_exits_0(tmp_path):
     done = make_run(tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.splitlines()[:2] == [SKIPPED_BATCH, SKIPPED_JUPYTER]
+    assert done.stdout.splitlines()[:3] == [SKIPPED_BATCH, SKIPPED_SLURM, SKIPPED_JUPYTER]
     assert "Error" not in done.stderr and "ERROR" not in done.stderr
     assert kinds(tmp_path / "run" / "ssh.json") == ["ssh"]
     assert kinds(tmp_path / "run" / "host.json")[:2] == ["CPU", "MEM"]
@@ -256,6 +258,13 @@ def test_make_run_fails_when_a_collector_that_can_run_fails(tmp_path):
     assert SKIPPED_BATCH not in done.stdout and SKIPPED_JUPYTER in done.stdout
     assert "ERROR:condor:" in done.stderr and "Error 1" in done.stderr
     assert kinds(tmp_path / "run" / "ssh.json") == ["ssh"]  # the others still ran
+
+
+def test_make_run_collects_slurm_where_squeue_is_on_path(slurm_cluster, tmp_path):
+    done = make_run(tmp_path, path=path_without("condor_q", slurm_cluster.bin))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert SKIPPED_SLURM not in done.stdout and SKIPPED_BATCH in done.stdout
+    assert re.search(r"INFO:slurm:collected \d+ document\(s\)", done.stderr), done.stderr
 
 
 @pytest.mark.parametrize("access", ["KUBECONFIG", "~/.kube/config", "in-cluster"])
