@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import pty
+import shlex
 import signal
 import stat
 import subprocess
@@ -283,23 +284,35 @@ def test_each_hub_namespace_takes_one_role_and_binding(cluster, reader, run_jupy
 @k8s_real
 def test_rotated_token_is_refused_until_the_kubeconfig_is_made_again(cluster, reader, run_jupyter, tmp_path):
     old_token = cluster.token()
-    assert cluster.kubectl("-n", "afmetrics", "delete", "serviceaccount/afmetrics-reader",
-                           "secret/afmetrics-reader-token") == [
-        'serviceaccount "afmetrics-reader" deleted', 'secret "afmetrics-reader-token" deleted']
-    assert cluster.kubectl("apply", "-f", MANIFEST) == [
-        "namespace/afmetrics unchanged", "serviceaccount/afmetrics-reader created",
-        "secret/afmetrics-reader-token created"]
+    delete, apply = documented_rotation()
     try:
+        # The controller deletes the Secret of a deleted ServiceAccount at once: in the other order kubectl may
+        # find it gone (NotFound, exit 1), as CI once did.
+        assert cluster.kubectl(*delete) == [
+            'secret "afmetrics-reader-token" deleted', 'serviceaccount "afmetrics-reader" deleted']
+        assert cluster.kubectl(*apply) == [
+            "namespace/afmetrics unchanged", "serviceaccount/afmetrics-reader created",
+            "secret/afmetrics-reader-token created"]
         # kube-apiserver caches each token it accepted for 10 s: the old one is refused within that.
         until_status(reader, "/api/v1/namespaces/af-jupyter/pods", 401, 20)
         assert the_error(run_jupyter("--kubeconfig", reader)) == (
             "ERROR:jupyter:Kubernetes API %s refused to list pods in af-jupyter: HTTP 401 Unauthorized"
             % cluster.url)
     finally:
+        cluster.kubectl("apply", "-f", MANIFEST)  # the account the module's other tests use, whatever failed
         done = make_kubeconfig(cluster, reader)  # waits for the controller to issue the new token
     assert done.returncode == 0, done.stderr
     assert yaml.safe_load(reader.read_text())["users"][0]["user"]["token"] not in ("", old_token)
     assert run_jupyter("--kubeconfig", reader).returncode == 0
+
+
+def documented_rotation():
+    """The README's two kubectl commands that rotate the token, as arguments (the manifest's path made whole)."""
+    readme = (REPO / "README.md").read_text()
+    block = readme[readme.index("To rotate the token"):].split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line)[1:] for line in block.splitlines() if line.startswith("kubectl ")]
+    assert len(commands) == 2, block
+    return [[str(REPO / arg) if arg.startswith("deploy/") else arg for arg in command] for command in commands]
 
 
 # --- the script's other paths ------------------------------------------------------------------------------------
@@ -485,5 +498,6 @@ def test_help_gives_the_steps():
     assert done.returncode == 0, done.stderr
     for step in ("kubectl apply -f deploy/kubernetes/afmetrics-reader.yaml",
                  "kubectl apply -n af-jupyter -f deploy/kubernetes/afmetrics-reader-role.yaml",
-                 "scripts/afmetrics-kubeconfig -o afmetrics-reader.kubeconfig"):
+                 "scripts/afmetrics-kubeconfig -o afmetrics-reader.kubeconfig",
+                 "kubectl " + " ".join(documented_rotation()[0])):  # the README's rotation, the Secret first
         assert step in done.stdout
