@@ -19,6 +19,8 @@ NAME = "host"
 SETTINGS = common.COLLECTOR_SETTINGS[NAME]
 NETWORK_STATE = "network.json"
 DISKSTATS_STATE = "diskstats.json"
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+ALL_INTERFACES = "all interfaces"
 SECTOR_BYTES = 512  # /proc/diskstats counts 512-byte sectors whatever the device's sector size
 
 
@@ -42,14 +44,15 @@ def parse_diskstats(text):
     return counters
 
 
-def stored_counters(stored, name, log):
-    """{"time": t, name: ...} from a state file, or None (with a warning) when it holds something else."""
+def stored_counters(stored, fields, log):
+    """{"time": t, FIELD: ...} from a state file, FIELD one of fields, or None (with a warning) when it holds
+    something else."""
     if stored is None:
         return None
     if isinstance(stored, dict) and type(stored.get("time")) in (int, float) and math.isfinite(stored["time"]) \
-            and name in stored:
+            and any(field in stored for field in fields):
         return stored
-    log.warning("state file holding %s has an unexpected shape: storing a new baseline", name)
+    log.warning("state file holding %s has an unexpected shape: storing a new baseline", fields[0])
     return None
 
 
@@ -91,10 +94,10 @@ def stale_reason(taken, now, max_age):
     return None
 
 
-def usable_baseline(run, name, field, now, label):
-    """The {"time": t, field: ...} baseline in state file name when it can give deltas at time now; else None,
-    and one info line starting with label says why (none yet, or stale)."""
-    stored = stored_counters(run.state.load(name), field, run.log)
+def usable_baseline(run, name, fields, now, label):
+    """The {"time": t, FIELD: ...} baseline in state file name, FIELD one of fields, when it can give deltas at
+    time now; else None, and one info line starting with label says why (none yet, or stale)."""
+    stored = stored_counters(run.state.load(name), fields, run.log)
     if stored is None:
         run.log.info("%s stored, first figures on the next run", label)
         return None
@@ -105,17 +108,65 @@ def usable_baseline(run, name, field, now, label):
     return stored
 
 
+def this_boot():
+    """This boot's id, which the Linux kernel draws anew at every boot; "" where it has none."""
+    try:
+        with open(BOOT_ID, encoding="ascii") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def interface_counters():
+    """{interface: [bytes sent, bytes received]}, as psutil reads them from /proc/net/dev."""
+    return {name: [counters.bytes_sent, counters.bytes_recv]
+            for name, counters in psutil.net_io_counters(pernic=True).items()}
+
+
+def network_deltas(baseline, interfaces):
+    """(bytes [sent, received] since baseline, {interface: why it is left out}) of interfaces, a baseline
+    {"interfaces": {name: [sent, received]}}; the bytes are None when no interface kept counting (a reboot).
+
+    Counted per interface because the total falls whenever one goes (a container's veth, a VPN's tun) and would
+    be taken for a reboot, losing the interval. An interface gone since the baseline, or whose counters went back
+    (made again under its name), is left out; a new one counts from this run on, as every first run does. The
+    baseline earlier versions stored, {"counters": [sent, received]} of all interfaces, is counted as one.
+    """
+    if "interfaces" in baseline:
+        before = baseline["interfaces"]
+    else:
+        before = {ALL_INTERFACES: baseline["counters"]}
+        interfaces = {ALL_INTERFACES: [sum(counters[i] for counters in interfaces.values()) for i in (0, 1)]}
+    if not isinstance(before, dict):
+        return None, {}
+    counted, left_out = [], {}
+    for name, counters in before.items():
+        deltas = counter_deltas(counters, interfaces[name]) if name in interfaces else None
+        if deltas is None:
+            left_out[name] = "went back" if name in interfaces else "gone"
+        else:
+            counted.append(deltas)
+    if not counted:
+        return None, left_out
+    return [sum(deltas[0] for deltas in counted), sum(deltas[1] for deltas in counted)], left_out
+
+
 def network_document(run, node, now):
-    counters = psutil.net_io_counters()
-    current = [counters.bytes_sent, counters.bytes_recv]
-    previous = usable_baseline(run, NETWORK_STATE, "counters", now, "NETWORK: baseline")
-    run.after_delivery.append(lambda: run.state.save(NETWORK_STATE, {"time": now, "counters": current}))
+    current = {"time": now, "boot": this_boot(), "interfaces": interface_counters()}
+    previous = usable_baseline(run, NETWORK_STATE, ("interfaces", "counters"), now, "NETWORK: baseline")
+    run.after_delivery.append(lambda: run.state.save(NETWORK_STATE, current))
     if previous is None:
         return []
-    deltas = counter_deltas(previous["counters"], current)
+    if previous.get("boot", current["boot"]) != current["boot"]:
+        run.log.info("NETWORK: the node booted since the baseline: new baseline stored, first figures on the next run")
+        return []
+    deltas, left_out = network_deltas(previous, current["interfaces"])
     if deltas is None:
         run.log.info("NETWORK: counters went back (a reboot): new baseline stored, first figures on the next run")
         return []
+    if left_out:
+        run.log.info("NETWORK: left out of this interval: %s",
+                     ", ".join("%s (%s)" % (name, why) for name, why in sorted(left_out.items())))
     interval = round(now - previous["time"], 3)
     return [{"kind": "NETWORK", "login_node": node,
              "network": {"interval": interval, "sent": deltas[0], "received": deltas[1]}}]
@@ -128,7 +179,7 @@ def disk_documents(run, node, now):
     except OSError as error:
         run.log.warning("DISK: no I/O figures: %s", error)
         io_now = {}
-    io_before = usable_baseline(run, DISKSTATS_STATE, "devices", now, "DISK: I/O baseline")
+    io_before = usable_baseline(run, DISKSTATS_STATE, ("devices",), now, "DISK: I/O baseline")
     if not io_before or not isinstance(io_before["devices"], dict):
         io_before = {"time": now, "devices": {}}
     run.after_delivery.append(lambda: run.state.save(DISKSTATS_STATE, {"time": now, "devices": io_now}))

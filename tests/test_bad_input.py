@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
@@ -121,6 +122,9 @@ class HostRun(common.Run):
 @settings(max_examples=100, deadline=None)
 @given(network=any_json, diskstats=any_json)
 @example(network={"time": "x", "counters": [1, 2]}, diskstats=None)
+@example(network={"time": time.time() - 60, "interfaces": {"lo": "x", "eth0": [1, None]}}, diskstats=None)
+@example(network={"time": time.time() - 60, "boot": host.this_boot(), "interfaces": [["lo", 1, 2]]}, diskstats=None)
+@example(network={"time": time.time() - 60, "counters": {"lo": [1, 2]}}, diskstats=None)
 @example(network=None, diskstats={"time": 5, "devices": []})
 def test_corrupt_host_state_is_a_fresh_start(network, diskstats):
     with tempfile.TemporaryDirectory() as state_dir:

@@ -2,10 +2,15 @@
 import collections
 import json
 import os
+import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 import time
+
+import psutil
+import pytest
 
 import host
 from conftest import COLLECTORS, collector_environment, json_lines, log_lines, skip_or_fail
@@ -31,6 +36,26 @@ def test_counter_deltas_rebaseline_when_a_counter_goes_backwards():
     assert host.counter_deltas([1, 2], [4, 6]) == [3, 4]
     assert host.counter_deltas([10, 2], [4, 6]) is None  # reboot reset the counters
     assert host.counter_deltas([1, 2, 3], [4, 6]) is None
+
+
+def test_network_deltas_count_the_interfaces_of_both_runs():
+    before = {"lo": [100, 100], "eth0": [1000, 5000], "veth1": [700, 900], "tun0": [400, 400]}
+    now = {"lo": [150, 150], "eth0": [1200, 5600], "tun0": [10, 20], "veth2": [70, 90]}
+    # veth1 went with its container, tun0 came back with its VPN, veth2 is new: it counts from this run.
+    assert host.network_deltas({"interfaces": before}, now) == (
+        [250, 650], {"veth1": "gone", "tun0": "went back"})
+    assert host.network_deltas({"interfaces": before}, before) == ([0, 0], {})
+    # Nothing kept counting: a reboot, where the kernel gives no boot id.
+    assert host.network_deltas({"interfaces": {"eth0": [1000, 5000]}}, {"eth0": [10, 50]}) == (
+        None, {"eth0": "went back"})
+    assert host.network_deltas({"interfaces": {"eth0": [1000, 5000]}}, {"eth1": [10, 50]}) == (
+        None, {"eth0": "gone"})
+
+
+def test_network_deltas_of_a_total_baseline_as_earlier_versions_stored():
+    now = {"lo": [150, 150], "eth0": [1200, 5600]}
+    assert host.network_deltas({"counters": [1000, 5000]}, now) == ([350, 750], {})
+    assert host.network_deltas({"counters": [9000, 5000]}, now) == (None, {"all interfaces": "went back"})
 
 
 def run_host(run_collector, receiver, state, *more):
@@ -77,7 +102,111 @@ def test_corrupt_state_is_a_fresh_start(run_collector, receiver, tmp_path):
     assert done.returncode == 0
     assert any(line.startswith("WARNING:host:state file %s is unreadable" % (state / host.NETWORK_STATE))
                for line in log_lines(done.stderr))
-    assert json.loads((state / host.NETWORK_STATE).read_text())["counters"]  # a new baseline was stored
+    assert json.loads((state / host.NETWORK_STATE).read_text())["interfaces"]  # a new baseline was stored
+
+
+@pytest.fixture
+def veth_pair():
+    """make(traffic_bytes): a real veth pair, made (or made again) with that many bytes sent on its first end and
+    so received on the other; .send(traffic_bytes) sends more; deleted at the end. As a container's or a VPN's
+    interfaces come and go."""
+    names = ["afmv%da" % os.getpid(), "afmv%db" % os.getpid()]
+    if not shutil.which("ip") or os.geteuid() != 0:
+        skip_or_fail("veth pairs need ip (iproute2) and root")
+
+    def make(traffic_bytes):
+        delete()
+        subprocess.run(["ip", "link", "add", names[0], "type", "veth", "peer", "name", names[1]], check=True)
+        for name in names:
+            subprocess.run(["ip", "link", "set", name, "up"], check=True)
+        send(traffic_bytes)
+        return names
+
+    def send(traffic_bytes):
+        received = int(pathlib.Path("/sys/class/net/%s/statistics/rx_bytes" % names[1]).read_text())
+        frame = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5"  # broadcast, local experimental type
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as raw:
+            raw.bind((names[0], 0))
+            for _ in range(traffic_bytes // 1500):
+                raw.send(frame + b"x" * (1500 - len(frame)))
+        counted = int(pathlib.Path("/sys/class/net/%s/statistics/rx_bytes" % names[1]).read_text()) - received
+        assert counted >= traffic_bytes // 1500 * 1500, "the pair did not carry the traffic"
+
+    def delete():
+        subprocess.run(["ip", "link", "delete", names[0]], capture_output=True)  # the peer goes with it
+
+    make.send, make.delete = send, delete
+    yield make
+    delete()
+
+
+MB = 1000 * 1000
+
+
+def network_log(done):
+    return [line for line in log_lines(done.stderr) if line.startswith("INFO:host:NETWORK")]
+
+
+def test_interfaces_gone_between_runs_leave_the_rest_counted(run_collector, receiver, tmp_path, veth_pair):
+    """The total of all interfaces falls when one goes (a container's veth): counted per interface, the others'
+    bytes are still the interval's, not taken for a reboot."""
+    state = tmp_path / "state"
+    first, second = veth_pair(20 * MB)
+    assert run_host(run_collector, receiver, state).returncode == 0
+    veth_pair.delete()
+    done = run_host(run_collector, receiver, state, "-v")
+    assert done.returncode == 0, done.stderr
+    network, = receiver.of_kind("NETWORK")
+    assert network["network"]["sent"] > 0 and network["network"]["received"] > 0  # the deliveries, on lo
+    assert network_log(done) == [
+        "INFO:host:NETWORK: left out of this interval: %s (gone), %s (gone)" % (first, second)]
+
+
+def test_interface_made_again_is_left_out_until_the_next_run(run_collector, receiver, tmp_path, veth_pair):
+    state = tmp_path / "state"
+    first, second = veth_pair(20 * MB)
+    assert run_host(run_collector, receiver, state).returncode == 0
+    veth_pair(6 * MB)  # the same names, counting from 0 again: none of their 6 MB is the interval's
+    done = run_host(run_collector, receiver, state, "-v")
+    assert done.returncode == 0, done.stderr
+    assert network_log(done) == [
+        "INFO:host:NETWORK: left out of this interval: %s (went back), %s (went back)" % (first, second)]
+    # From this run's baseline on, the pair counts again.
+    veth_pair.send(5 * MB)
+    assert run_host(run_collector, receiver, state).returncode == 0
+    assert [network["network"]["received"] >= 5 * MB for network in receiver.of_kind("NETWORK")] == [False, True]
+
+
+def test_another_boot_is_a_new_baseline(run_collector, receiver, tmp_path):
+    """Counted per interface, a reboot need not show: an idle interface counts 0 before and after, and
+    /proc/sys/kernel/random/boot_id tells it."""
+    state = tmp_path / "state"
+    assert run_host(run_collector, receiver, state).returncode == 0
+    baseline = json.loads((state / host.NETWORK_STATE).read_text())
+    assert baseline["boot"] == pathlib.Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    (state / host.NETWORK_STATE).write_text(json.dumps(dict(baseline, boot="an earlier boot")))
+    done = run_host(run_collector, receiver, state, "-v")
+    assert done.returncode == 0, done.stderr
+    assert receiver.of_kind("NETWORK") == []
+    assert network_log(done) == [
+        "INFO:host:NETWORK: the node booted since the baseline: new baseline stored, first figures on the next run"]
+    assert json.loads((state / host.NETWORK_STATE).read_text())["boot"] == baseline["boot"]
+
+
+def test_total_baseline_of_an_older_version_gives_its_interval(run_collector, receiver, tmp_path):
+    """An upgrade loses no NETWORK interval: the baseline of total counters that earlier versions stored is still counted."""
+    state = tmp_path / "state"
+    state.mkdir()
+    total = psutil.net_io_counters()
+    (state / host.NETWORK_STATE).write_text(json.dumps(
+        {"time": time.time() - 300, "counters": [total.bytes_sent - MB, total.bytes_recv - 2 * MB]}))
+    done = run_host(run_collector, receiver, state, "-v")
+    assert done.returncode == 0, done.stderr
+    network, = receiver.of_kind("NETWORK")
+    assert network["network"]["sent"] >= MB and network["network"]["received"] >= 2 * MB
+    assert 300 <= network["network"]["interval"] < 360
+    assert network_log(done) == []
+    assert set(json.loads((state / host.NETWORK_STATE).read_text())) == {"time", "boot", "interfaces"}
 
 
 def test_shared_config_file_warns_only_about_names_no_collector_takes(run_collector, tmp_path):
