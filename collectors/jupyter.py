@@ -8,7 +8,9 @@ Example: KUBECONFIG=afmetrics-reader.kubeconfig python3 collectors/jupyter.py -d
 jupyter"; never the cluster's admin.conf)
 """
 import json
+import logging
 import os
+import signal
 import sys
 
 import afmetrics_common as common
@@ -64,7 +66,62 @@ def pod_users(pod_list, label):
     return users
 
 
-def core_api(opts):
+class KubeconfigError(Exception):
+    """A kubeconfig that loaded but gave no credential."""
+
+
+class ExecPluginTimeout(BaseException):
+    """The exec plugin's time is up: a BaseException, since the client catches every Exception of its plugin."""
+
+
+class ClientErrors(logging.Filter):
+    """Keeps the errors the kubernetes client logs to the root logger instead of raising (an exec plugin that
+    failed: it goes on without a credential, and the API answers 401), so that they become the one error."""
+
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def filter(self, record):
+        if record.levelno < logging.ERROR:
+            return True
+        self.messages.append(" ".join(record.getMessage().split()))
+        return False
+
+
+def load_kubeconfig(config, kubeconfig, configuration, timeout):
+    """config.load_kube_config within timeout seconds, or KubeconfigError. The client runs the kubeconfig's exec
+    plugin (a credential helper) with no time limit, and one waiting for a login would hold the run and its lock
+    for ever: SIGALRM ends the wait, since the client gives no hook, and the plugin's processes are killed (the
+    run has no other children while it loads)."""
+    def expired(signum, frame):
+        raise ExecPluginTimeout()
+
+    errors, root = ClientErrors(), logging.getLogger()
+    previous = signal.signal(signal.SIGALRM, expired)
+    root.addFilter(errors)
+    try:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except ExecPluginTimeout:
+        import psutil
+
+        plugin = psutil.Process().children(recursive=True)
+        for process in plugin:
+            process.kill()
+        psutil.wait_procs(plugin, timeout=5)
+        raise KubeconfigError("its exec plugin gave no credential within %g s" % timeout)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+        root.removeFilter(errors)
+    if errors.messages:
+        raise KubeconfigError(errors.messages[0])
+
+
+def core_api(opts, timeout):
     # Imported here: kubernetes costs 0.2 s and 44 MB, which the other collectors must not pay.
     try:
         import yaml
@@ -77,12 +134,12 @@ def core_api(opts):
     kubeconfig = opts.kubeconfig or os.environ.get("KUBECONFIG")
     try:
         if kubeconfig:
-            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+            load_kubeconfig(config, kubeconfig, configuration, timeout)
         else:
             config.incluster_config.InClusterConfigLoader(
                 token_filename=os.path.join(opts.serviceaccount_dir, "token"),
                 cert_filename=os.path.join(opts.serviceaccount_dir, "ca.crt")).load_and_set(configuration)
-    except (config.ConfigException, yaml.YAMLError, TypeError, ValueError, OSError) as error:
+    except (config.ConfigException, KubeconfigError, yaml.YAMLError, TypeError, ValueError, OSError) as error:
         where = "kubeconfig %s" % kubeconfig if kubeconfig else "in-cluster config (no KUBECONFIG set)"
         raise common.SourceError("cannot load %s: %s" % (where, " ".join(str(error).split())[:200]))
     # The client retries 3 times by default, which would turn --timeout into four times itself.
@@ -113,7 +170,7 @@ def replaced_by_next_run(document):
 
 
 def collect(run):
-    api, host = core_api(run.opts)
+    api, host = core_api(run.opts, run.timeout())
     documents = []
     for name, namespace, label in services_of(run.opts):
         try:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import socket
 
+import psutil
 import pytest
 import requests
 
@@ -104,6 +105,54 @@ def test_malformed_kubeconfig_is_a_one_line_error(run_jupyter, tmp_path):
     kubeconfig.write_text("clusters: [unclosed\n")
     error = the_error(run_jupyter("--kubeconfig", kubeconfig))
     assert error.startswith("ERROR:jupyter:cannot load kubeconfig %s: " % kubeconfig)
+
+
+def with_exec_plugin(kubeconfig, script):
+    """The kubeconfig with its user's credential from an exec plugin, sh -c SCRIPT, as sites get one from a
+    credential helper (kubelogin, aws eks get-token)."""
+    config = json.loads(kubeconfig.read_text())
+    config["users"][0]["user"] = {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": "sh",
+                                           "args": ["-c", script], "interactiveMode": "Never"}}
+    kubeconfig.write_text(json.dumps(config))
+    return kubeconfig
+
+
+def exec_credential(token):
+    return json.dumps({"apiVersion": "client.authentication.k8s.io/v1beta1", "kind": "ExecCredential",
+                       "status": {"token": token}})
+
+
+def test_credential_from_an_exec_plugin(api, run_jupyter, tmp_path):
+    kubeconfig = with_exec_plugin(api.write_kubeconfig(tmp_path / "kubeconfig", ""),
+                                  "echo '%s'" % exec_credential(READER))
+    done = run_jupyter("--kubeconfig", kubeconfig)
+    assert done.returncode == 0, done.stderr
+    assert debug_documents(tmp_path)[0]["users"] == ML_USERS
+
+
+def test_exec_plugin_that_fails_is_a_one_line_error(api, run_jupyter, tmp_path):
+    """The client logs a failed plugin and goes on without a credential: the error would be the API's 401."""
+    kubeconfig = with_exec_plugin(api.write_kubeconfig(tmp_path / "kubeconfig", ""),
+                                  "echo 'cannot log in: no browser' >&2; exit 1")
+    assert the_error(run_jupyter("--kubeconfig", kubeconfig)) == (
+        "ERROR:jupyter:cannot load kubeconfig %s: exec: process returned 1. cannot log in: no browser" % kubeconfig)
+    assert api.requests == []
+
+
+def test_exec_plugin_that_never_answers_is_stopped_at_the_timeout(api, run_collector, tmp_path):
+    """The client waits for its exec plugin with no limit: one waiting for a login would hold the run (and its
+    lock) for ever. The other collectors of the run still report."""
+    plugin_pid = tmp_path / "plugin.pid"
+    kubeconfig = with_exec_plugin(api.write_kubeconfig(tmp_path / "kubeconfig", ""),
+                                  "echo $$ > %s; exec sleep 600" % plugin_pid)
+    done = run_collector("afmetrics_collector", "-d", "-j", "--host", "--disk", "/", "--kubeconfig", kubeconfig,
+                         "--timeout", "2", "--state-dir", tmp_path / "state", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert log_lines(done.stderr) == [
+        "ERROR:jupyter:cannot load kubeconfig %s: its exec plugin gave no credential within 2 s" % kubeconfig]
+    assert not psutil.pid_exists(int(plugin_pid.read_text()))  # killed, and reaped
+    assert {document["kind"] for document in json_lines(tmp_path / "host.json")} == {"CPU", "MEM", "DISK"}
+    assert api.requests == []
 
 
 # --- the API refuses, is gone, or is slow ----------------------------------------------------------------------

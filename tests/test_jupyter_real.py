@@ -19,7 +19,7 @@ import requests
 from conftest import REPO
 from k8s_standin import write_kubeconfig, write_serviceaccount
 from test_jupyter import (BOTH_SERVICES, COFFEA_LABEL, COFFEA_NAMESPACE, COFFEA_USERS, ML_NAMESPACE, ML_USERS,
-                          PODS, debug_documents, the_error)
+                          PODS, debug_documents, exec_credential, the_error, with_exec_plugin)
 
 pytestmark = pytest.mark.k8s_real
 
@@ -118,6 +118,14 @@ def test_kubeconfig_with_a_token(real_kubernetes, run_jupyter, tmp_path):
     assert done.returncode == 0, done.stderr
     assert debug_documents(tmp_path) == [{"kind": "jupyter-ml", "cluster": "UC-AF", "token": "",
                                           "jupyter_user_count": 3, "users": ML_USERS}]
+
+
+def test_credential_from_an_exec_plugin(real_kubernetes, run_jupyter, tmp_path):
+    kubeconfig = with_exec_plugin(real_kubernetes.kubeconfig(tmp_path / "kubeconfig", ""),
+                                  "echo '%s'" % exec_credential(real_kubernetes.tokens["reader"]))
+    done = run_jupyter("--kubeconfig", kubeconfig)
+    assert done.returncode == 0, done.stderr
+    assert debug_documents(tmp_path)[0]["users"] == ML_USERS
 
 
 def test_in_cluster_service_account(real_kubernetes, run_jupyter, tmp_path):
