@@ -93,32 +93,47 @@ def load_kubeconfig(config, kubeconfig, configuration, timeout):
     """config.load_kube_config within timeout seconds, or KubeconfigError. The client runs the kubeconfig's exec
     plugin (a credential helper) with no time limit, and one waiting for a login would hold the run and its lock
     for ever: SIGALRM ends the wait, since the client gives no hook, and the plugin's processes are killed (the
-    run has no other children while it loads)."""
+    run has no other children while it loads). The client would run the plugin again, unbounded, before any
+    API call once the credential is within 5 minutes of expiring: a run lasts seconds, and keeps the one it has."""
+    loading = [True]
+
     def expired(signum, frame):
-        raise ExecPluginTimeout()
+        if loading[0]:
+            raise ExecPluginTimeout()
 
     errors, root = ClientErrors(), logging.getLogger()
     previous = signal.signal(signal.SIGALRM, expired)
     root.addFilter(errors)
     try:
         try:
-            signal.setitimer(signal.ITIMER_REAL, timeout)
+            signal.setitimer(signal.ITIMER_REAL, max(timeout, 0.001))  # 0 would be no limit at all
             config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+            loading[0] = False
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
     except ExecPluginTimeout:
-        import psutil
-
-        plugin = psutil.Process().children(recursive=True)
-        for process in plugin:
-            process.kill()
-        psutil.wait_procs(plugin, timeout=5)
+        stop_children()
         raise KubeconfigError("its exec plugin gave no credential within %g s" % timeout)
     finally:
         signal.signal(signal.SIGALRM, previous)
         root.removeFilter(errors)
+    configuration.refresh_api_key_hook = None
+    # The client would fall back to the user's username and password, which no kube-apiserver takes since 1.19.
     if errors.messages:
         raise KubeconfigError(errors.messages[0])
+
+
+def stop_children():
+    """Kills every process this one started, and reaps them."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass  # gone already
+    psutil.wait_procs(children, timeout=5)
 
 
 def core_api(opts, timeout):

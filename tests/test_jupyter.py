@@ -4,7 +4,10 @@ The same scenarios run against a real kube-apiserver in test_jupyter_real.py (ma
 """
 import hashlib
 import json
+import os
+import signal
 import socket
+import time
 
 import psutil
 import pytest
@@ -127,6 +130,25 @@ def test_credential_from_an_exec_plugin(api, run_jupyter, tmp_path):
                                   "echo '%s'" % exec_credential(READER))
     done = run_jupyter("--kubeconfig", kubeconfig)
     assert done.returncode == 0, done.stderr
+    assert debug_documents(tmp_path)[0]["users"] == ML_USERS
+
+
+def test_credential_about_to_expire_is_not_asked_for_again(api, run_jupyter, tmp_path):
+    """The client runs the plugin again, with no time limit, before a call when the credential expires within 5
+    minutes; a run lasts seconds and keeps the one it has. The plugin here would answer only once."""
+    expiring = json.loads(exec_credential(READER))
+    expiring["status"]["expirationTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 60))
+    asked, again = tmp_path / "asked", tmp_path / "asked-again.pid"
+    kubeconfig = with_exec_plugin(api.write_kubeconfig(tmp_path / "kubeconfig", ""), (
+        "if [ -e {asked} ]; then echo $$ > {again}; exec sleep 600; fi; touch {asked}; echo '{credential}'"
+        .format(asked=asked, again=again, credential=json.dumps(expiring))))
+    try:
+        done = run_jupyter("--kubeconfig", kubeconfig, "--timeout", "10")
+    finally:
+        if again.exists():
+            os.kill(int(again.read_text()), signal.SIGKILL)
+    assert done.returncode == 0, done.stderr
+    assert not again.exists()
     assert debug_documents(tmp_path)[0]["users"] == ML_USERS
 
 
