@@ -7,6 +7,7 @@ Example: python3 collectors/host.py -d -v --disk / --disk /home
 """
 import math
 import os
+import socket
 import sys
 import time
 
@@ -20,7 +21,7 @@ SETTINGS = common.COLLECTOR_SETTINGS[NAME]
 NETWORK_STATE = "network.json"
 DISKSTATS_STATE = "diskstats.json"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
-ALL_INTERFACES = "all interfaces"
+ALL_INTERFACES = "all"  # no interface index: the total the baselines of earlier versions hold
 SECTOR_BYTES = 512  # /proc/diskstats counts 512-byte sectors whatever the device's sector size
 
 
@@ -52,8 +53,12 @@ def stored_counters(stored, fields, log):
     if isinstance(stored, dict) and type(stored.get("time")) in (int, float) and math.isfinite(stored["time"]) \
             and any(field in stored for field in fields):
         return stored
-    log.warning("state file holding %s has an unexpected shape: storing a new baseline", fields[0])
+    unexpected_shape(log, fields[0])
     return None
+
+
+def unexpected_shape(log, what):
+    log.warning("state file holding %s has an unexpected shape: storing a new baseline", what)
 
 
 def counter_deltas(previous, current):
@@ -118,35 +123,59 @@ def this_boot():
 
 
 def interface_counters():
-    """{interface: [bytes sent, bytes received]}, as psutil reads them from /proc/net/dev."""
-    return {name: [counters.bytes_sent, counters.bytes_recv]
-            for name, counters in psutil.net_io_counters(pernic=True).items()}
+    """{index: {"name", "sent", "received"}} of this network namespace's interfaces, by the kernel's interface
+    index: a name made again (a container's veth, a VPN's tun) gets a new index, a renamed interface keeps its
+    own. One made or gone between the two reads is left to the next run."""
+    indexes = {name: index for index, name in socket.if_nameindex()}
+    return {str(indexes[name]): {"name": name, "sent": counters.bytes_sent, "received": counters.bytes_recv}
+            for name, counters in psutil.net_io_counters(pernic=True).items() if name in indexes}
 
 
-def network_deltas(baseline, interfaces):
-    """(bytes [sent, received] since baseline, {interface: why it is left out}) of interfaces, a baseline
-    {"interfaces": {name: [sent, received]}}; the bytes are None when no interface kept counting (a reboot).
-
-    Counted per interface because the total falls whenever one goes (a container's veth, a VPN's tun) and would
-    be taken for a reboot, losing the interval. An interface gone since the baseline, or whose counters went back
-    (made again under its name), is left out; a new one counts from this run on, as every first run does. The
-    baseline earlier versions stored, {"counters": [sent, received]} of all interfaces, is counted as one.
-    """
+def baseline_interfaces(baseline):
+    """A NETWORK baseline's interfaces as interface_counters gives them, or None when it holds something else.
+    The baseline of earlier versions, the total of all interfaces ({"counters": [sent, received]}), is one
+    interface, ALL_INTERFACES."""
     if "interfaces" in baseline:
-        before = baseline["interfaces"]
-    else:
-        before = {ALL_INTERFACES: baseline["counters"]}
-        interfaces = {ALL_INTERFACES: [sum(counters[i] for counters in interfaces.values()) for i in (0, 1)]}
-    if not isinstance(before, dict):
-        return None, {}
-    counted, left_out = [], {}
-    for name, counters in before.items():
-        deltas = counter_deltas(counters, interfaces[name]) if name in interfaces else None
-        if deltas is None:
-            left_out[name] = "went back" if name in interfaces else "gone"
+        interfaces = baseline["interfaces"]
+        well_formed = isinstance(interfaces, dict) and all(
+            isinstance(entry, dict) and isinstance(entry.get("name"), str)
+            and type(entry.get("sent")) is int and type(entry.get("received")) is int
+            for entry in interfaces.values())
+        return interfaces if well_formed else None
+    counters = baseline["counters"]
+    if isinstance(counters, list) and len(counters) == 2 and all(type(counter) is int for counter in counters):
+        return {ALL_INTERFACES: {"name": "all interfaces", "sent": counters[0], "received": counters[1]}}
+    return None
+
+
+def all_interfaces(interfaces):
+    """The interfaces as one, ALL_INTERFACES, their total: what earlier versions counted."""
+    return {ALL_INTERFACES: {"name": "all interfaces", "sent": sum(entry["sent"] for entry in interfaces.values()),
+                             "received": sum(entry["received"] for entry in interfaces.values())}}
+
+
+def network_deltas(before, now):
+    """(bytes [sent, received] between two interface_counters, {name: why it is left out}); the bytes are None
+    when every interface of both went back (a reboot where the kernel gives no boot id).
+
+    Counted per interface because the total falls whenever one goes, and would be taken for a reboot, losing the
+    interval. An interface made since (a new index) counts whole: all its bytes are the interval's. One gone since
+    (or made again: its bytes before it went), or whose counters went back under the same index (a driver that
+    resets them), is left out.
+    """
+    counted, left_out, kept = [], {}, False
+    for index, entry in now.items():
+        previous = before.get(index, {"sent": 0, "received": 0})
+        deltas = [entry["sent"] - previous["sent"], entry["received"] - previous["received"]]
+        if min(deltas) < 0:
+            left_out[entry["name"]] = "went back"
         else:
             counted.append(deltas)
-    if not counted:
+            kept = kept or index in before
+    names = {entry["name"] for entry in now.values()}
+    left_out.update((entry["name"], "made again" if entry["name"] in names else "gone")
+                    for index, entry in before.items() if index not in now)
+    if not kept and "went back" in left_out.values():
         return None, left_out
     return [sum(deltas[0] for deltas in counted), sum(deltas[1] for deltas in counted)], left_out
 
@@ -157,10 +186,15 @@ def network_document(run, node, now):
     run.after_delivery.append(lambda: run.state.save(NETWORK_STATE, current))
     if previous is None:
         return []
+    before = baseline_interfaces(previous)
+    if before is None:
+        unexpected_shape(run.log, "interfaces")
+        return []
     if previous.get("boot", current["boot"]) != current["boot"]:
         run.log.info("NETWORK: the node booted since the baseline: new baseline stored, first figures on the next run")
         return []
-    deltas, left_out = network_deltas(previous, current["interfaces"])
+    interfaces = all_interfaces(current["interfaces"]) if ALL_INTERFACES in before else current["interfaces"]
+    deltas, left_out = network_deltas(before, interfaces)
     if deltas is None:
         run.log.info("NETWORK: counters went back (a reboot): new baseline stored, first figures on the next run")
         return []

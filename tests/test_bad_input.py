@@ -122,8 +122,12 @@ class HostRun(common.Run):
 @settings(max_examples=100, deadline=None)
 @given(network=any_json, diskstats=any_json)
 @example(network={"time": "x", "counters": [1, 2]}, diskstats=None)
-@example(network={"time": time.time() - 60, "interfaces": {"lo": "x", "eth0": [1, None]}}, diskstats=None)
-@example(network={"time": time.time() - 60, "boot": host.this_boot(), "interfaces": [["lo", 1, 2]]}, diskstats=None)
+@example(network={"time": time.time() - 60, "interfaces": {"1": {"name": "lo", "sent": "x", "received": 1}}},
+         diskstats=None)
+@example(network={"time": time.time() - 60, "boot": host.this_boot(), "interfaces": {"1": {"name": 7}}},
+         diskstats=None)
+@example(network={"time": time.time() - 60, "boot": host.this_boot(), "interfaces": {"1": {
+    "name": "lo", "sent": 2 ** 70, "received": -1}}}, diskstats=None)
 @example(network={"time": time.time() - 60, "counters": {"lo": [1, 2]}}, diskstats=None)
 @example(network=None, diskstats={"time": 5, "devices": []})
 def test_corrupt_host_state_is_a_fresh_start(network, diskstats):

@@ -3,13 +3,12 @@ import collections
 import json
 import os
 import pathlib
+import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 
 import host
@@ -38,24 +37,54 @@ def test_counter_deltas_rebaseline_when_a_counter_goes_backwards():
     assert host.counter_deltas([1, 2, 3], [4, 6]) is None
 
 
-def test_network_deltas_count_the_interfaces_of_both_runs():
-    before = {"lo": [100, 100], "eth0": [1000, 5000], "veth1": [700, 900], "tun0": [400, 400]}
-    now = {"lo": [150, 150], "eth0": [1200, 5600], "tun0": [10, 20], "veth2": [70, 90]}
-    # veth1 went with its container, tun0 came back with its VPN, veth2 is new: it counts from this run.
-    assert host.network_deltas({"interfaces": before}, now) == (
-        [250, 650], {"veth1": "gone", "tun0": "went back"})
-    assert host.network_deltas({"interfaces": before}, before) == ([0, 0], {})
-    # Nothing kept counting: a reboot, where the kernel gives no boot id.
-    assert host.network_deltas({"interfaces": {"eth0": [1000, 5000]}}, {"eth0": [10, 50]}) == (
-        None, {"eth0": "went back"})
-    assert host.network_deltas({"interfaces": {"eth0": [1000, 5000]}}, {"eth1": [10, 50]}) == (
-        None, {"eth0": "gone"})
+def interfaces(**counters):
+    """interface_counters' shape: name=(index, sent, received)."""
+    return {str(index): {"name": name, "sent": sent, "received": received}
+            for name, (index, sent, received) in counters.items()}
 
 
-def test_network_deltas_of_a_total_baseline_as_earlier_versions_stored():
-    now = {"lo": [150, 150], "eth0": [1200, 5600]}
-    assert host.network_deltas({"counters": [1000, 5000]}, now) == ([350, 750], {})
-    assert host.network_deltas({"counters": [9000, 5000]}, now) == (None, {"all interfaces": "went back"})
+def test_network_deltas_count_each_interface_by_its_index():
+    before = interfaces(lo=(1, 100, 100), eth0=(2, 1000, 5000), veth1=(7, 700, 900), tun0=(8, 400, 400),
+                        eno1=(3, 50, 50))
+    # veth1 went with its container; tun0 came back with its VPN under a new index (all the new one's bytes are
+    # the interval's, the old one's since the baseline are lost), veth2 is new; eno1 was renamed uplink; eth0's
+    # driver reset its counters.
+    now = interfaces(lo=(1, 150, 150), eth0=(2, 10, 20), tun0=(9, 30, 40), veth2=(10, 70, 90), uplink=(3, 60, 80))
+    assert host.network_deltas(before, now) == ([50 + 30 + 70 + 10, 50 + 40 + 90 + 30],
+                                                {"veth1": "gone", "eth0": "went back", "tun0": "made again"})
+    assert host.network_deltas(before, before) == ([0, 0], {})
+
+
+def test_network_deltas_of_a_reboot_without_a_boot_id():
+    """Every interface of both went back: a reboot, though new ones (a container started since) count up."""
+    before = interfaces(lo=(1, 100, 100), eth0=(2, 1000, 5000))
+    assert host.network_deltas(before, interfaces(lo=(1, 10, 10), eth0=(2, 20, 50), veth0=(3, 5, 5))) == (
+        None, {"lo": "went back", "eth0": "went back"})
+    # Nothing of the baseline is left, nothing went back: the new interfaces' bytes are the interval's.
+    assert host.network_deltas(before, interfaces(veth0=(3, 5, 6))) == ([5, 6], {"lo": "gone", "eth0": "gone"})
+
+
+def test_total_baseline_of_earlier_versions_is_one_interface():
+    now = interfaces(lo=(1, 150, 150), eth0=(2, 1200, 5600))
+    before = host.baseline_interfaces({"counters": [1000, 5000]})
+    assert host.network_deltas(before, host.all_interfaces(now)) == ([350, 750], {})
+    before = host.baseline_interfaces({"counters": [9000, 5000]})
+    assert host.network_deltas(before, host.all_interfaces(now)) == (None, {"all interfaces": "went back"})
+
+
+@pytest.mark.parametrize("baseline", [
+    {"interfaces": [["lo", 1, 2]]}, {"interfaces": {"1": {"name": "lo", "sent": 1}}},
+    {"interfaces": {"1": {"name": "lo", "sent": True, "received": 2}}}, {"counters": [1, 2, 3]},
+    {"counters": {"lo": [1, 2]}}, {"counters": [1.5, 2]}])
+def test_malformed_network_baseline_is_none(baseline):
+    assert host.baseline_interfaces(baseline) is None
+
+
+def test_interface_counters_are_this_namespace_interfaces():
+    counters = host.interface_counters()
+    assert {entry["name"] for entry in counters.values()} == set(os.listdir("/sys/class/net"))
+    for index, entry in counters.items():
+        assert pathlib.Path("/sys/class/net/%s/ifindex" % entry["name"]).read_text().strip() == index
 
 
 def run_host(run_collector, receiver, state, *more):
@@ -105,106 +134,157 @@ def test_corrupt_state_is_a_fresh_start(run_collector, receiver, tmp_path):
     assert json.loads((state / host.NETWORK_STATE).read_text())["interfaces"]  # a new baseline was stored
 
 
-@pytest.fixture
-def veth_pair():
-    """make(traffic_bytes): a real veth pair, made (or made again) with that many bytes sent on its first end and
-    so received on the other; .send(traffic_bytes) sends more; deleted at the end. As a container's or a VPN's
-    interfaces come and go."""
-    names = ["afmv%da" % os.getpid(), "afmv%db" % os.getpid()]
-    if not shutil.which("ip") or os.geteuid() != 0:
-        skip_or_fail("veth pairs need ip (iproute2) and root")
+class NetworkNamespace:
+    """A network namespace of one test's own (ip netns), lo up: host.py run there (ip netns exec, which mounts its
+    own /sys) sees only the interfaces the test makes there, so other processes' interfaces (a container's, another
+    test's) come and go unseen, and the bytes counted are those the test sends. The receiver is not reachable
+    from there: each run spools its documents (an unreachable endpoint), and the baseline moves as it does when
+    they are delivered."""
 
-    def make(traffic_bytes):
-        delete()
-        subprocess.run(["ip", "link", "add", names[0], "type", "veth", "peer", "name", names[1]], check=True)
+    def __init__(self, name):
+        self.name = name
+
+    def run(self, *argv, env=None, check=True):
+        return subprocess.run(["ip", "netns", "exec", self.name] + [str(arg) for arg in argv], capture_output=True,
+                              text=True, env=collector_environment(env), check=check, timeout=120)
+
+    def make_pair(self, traffic_bytes, names=("veth-a", "veth-b")):
+        """A veth pair (the peer's end stays here too), with that many bytes sent from the first end."""
+        self.run("ip", "link", "add", names[0], "type", "veth", "peer", "name", names[1])
         for name in names:
-            subprocess.run(["ip", "link", "set", name, "up"], check=True)
-        send(traffic_bytes)
-        return names
+            self.run("ip", "link", "set", name, "up")
+        self.send(traffic_bytes, names[0])
 
-    def send(traffic_bytes):
-        received = int(pathlib.Path("/sys/class/net/%s/statistics/rx_bytes" % names[1]).read_text())
-        frame = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5"  # broadcast, local experimental type
-        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as raw:
-            raw.bind((names[0], 0))
-            for _ in range(traffic_bytes // 1500):
-                raw.send(frame + b"x" * (1500 - len(frame)))
-        counted = int(pathlib.Path("/sys/class/net/%s/statistics/rx_bytes" % names[1]).read_text()) - received
-        assert counted >= traffic_bytes // 1500 * 1500, "the pair did not carry the traffic"
+    def send(self, traffic_bytes, name="veth-a"):
+        """Raw broadcast frames of 1500 bytes out of interface NAME: sent there, received on its peer."""
+        self.run(sys.executable, "-c", SEND_FRAMES, name, traffic_bytes // 1500)
 
-    def delete():
-        subprocess.run(["ip", "link", "delete", names[0]], capture_output=True)  # the peer goes with it
+    def delete(self, name="veth-a"):
+        self.run("ip", "link", "delete", name)  # a veth's peer goes with it
 
-    make.send, make.delete = send, delete
-    yield make
-    delete()
+    def counters(self):
+        """(sent, received) of every interface here now, as the kernel counts them in /sys."""
+        script = "for i in /sys/class/net/*/statistics; do cat $i/tx_bytes $i/rx_bytes; done"
+        values = [int(value) for value in self.run("sh", "-c", script).stdout.split()]
+        return sum(values[0::2]), sum(values[1::2])
+
+    def run_host(self, state, *more):
+        return self.run(sys.executable, COLLECTORS / "host.py", "-c", "UC-AF", "--disk", "/", "--state-dir", state,
+                        "-u", "https://127.0.0.1:9/", "--send-budget", "1", *more, env={"AFMETRICS_TOKEN": TOKEN},
+                        check=False)
+
+
+SEND_FRAMES = """import socket, sys
+frame = b"\\xff" * 6 + b"\\x02\\x00\\x00\\x00\\x00\\x01" + b"\\x88\\xb5"  # broadcast, a local experimental type
+with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as raw:
+    raw.bind((sys.argv[1], 0))
+    for _ in range(int(sys.argv[2])):
+        raw.send(frame + b"x" * (1500 - len(frame)))
+"""
+
+
+@pytest.fixture
+def namespace():
+    if not shutil.which("ip") or os.geteuid() != 0:
+        skip_or_fail("network namespaces need ip (iproute2) and root")
+    name = "afmetrics-test-%s" % secrets.token_hex(4)
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        space = NetworkNamespace(name)
+        space.run("ip", "link", "set", "lo", "up")
+        yield space
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=True)
 
 
 MB = 1000 * 1000
+SMALL = 100 * 1000  # what else lo carries between two runs: their attempts to reach the endpoint
+
+
+def network_of(state):
+    """The NETWORK figures of the spooled documents, in the order of the runs."""
+    return [document["network"] for document in json_lines(state / "spool-host.jsonl")
+            if document["kind"] == "NETWORK"]
 
 
 def network_log(done):
-    return [line for line in log_lines(done.stderr) if line.startswith("INFO:host:NETWORK")]
+    return [line for line in log_lines(done.stderr) if line.startswith(("INFO:host:NETWORK", "WARNING:host"))]
 
 
-def test_interfaces_gone_between_runs_leave_the_rest_counted(run_collector, receiver, tmp_path, veth_pair):
-    """The total of all interfaces falls when one goes (a container's veth): counted per interface, the others'
-    bytes are still the interval's, not taken for a reboot."""
+def test_interfaces_gone_between_runs_leave_the_rest_counted(namespace, tmp_path):
+    """The total falls when an interface goes (a container's veth): counted per interface, lo's bytes are still
+    the interval's, not taken for a reboot."""
     state = tmp_path / "state"
-    first, second = veth_pair(20 * MB)
-    assert run_host(run_collector, receiver, state).returncode == 0
-    veth_pair.delete()
-    done = run_host(run_collector, receiver, state, "-v")
-    assert done.returncode == 0, done.stderr
-    network, = receiver.of_kind("NETWORK")
-    assert network["network"]["sent"] > 0 and network["network"]["received"] > 0  # the deliveries, on lo
-    assert network_log(done) == [
-        "INFO:host:NETWORK: left out of this interval: %s (gone), %s (gone)" % (first, second)]
+    namespace.make_pair(20 * MB)
+    namespace.run_host(state)
+    namespace.delete()
+    done = namespace.run_host(state, "-v")
+    network, = network_of(state)
+    assert 0 < network["sent"] == network["received"] < SMALL  # lo's, which receives what it sends
+    assert network_log(done) == ["INFO:host:NETWORK: left out of this interval: veth-a (gone), veth-b (gone)"]
 
 
-def test_interface_made_again_is_left_out_until_the_next_run(run_collector, receiver, tmp_path, veth_pair):
+@pytest.mark.parametrize("again", [6 * MB, 25 * MB], ids=["fewer bytes", "more bytes"])
+def test_interface_made_again_counts_whole(namespace, tmp_path, again):
+    """Made again under its name after the baseline (a new index), all its bytes are the interval's, whether
+    more or fewer than it had."""
     state = tmp_path / "state"
-    first, second = veth_pair(20 * MB)
-    assert run_host(run_collector, receiver, state).returncode == 0
-    veth_pair(6 * MB)  # the same names, counting from 0 again: none of their 6 MB is the interval's
-    done = run_host(run_collector, receiver, state, "-v")
-    assert done.returncode == 0, done.stderr
+    namespace.make_pair(20 * MB)
+    namespace.run_host(state)
+    namespace.delete()
+    namespace.make_pair(again)
+    done = namespace.run_host(state, "-v")
+    network, = network_of(state)
+    assert again <= network["received"] < again + SMALL
+    # What the pair carried between the baseline and its deletion is lost.
     assert network_log(done) == [
-        "INFO:host:NETWORK: left out of this interval: %s (went back), %s (went back)" % (first, second)]
-    # From this run's baseline on, the pair counts again.
-    veth_pair.send(5 * MB)
-    assert run_host(run_collector, receiver, state).returncode == 0
-    assert [network["network"]["received"] >= 5 * MB for network in receiver.of_kind("NETWORK")] == [False, True]
+        "INFO:host:NETWORK: left out of this interval: veth-a (made again), veth-b (made again)"]
 
 
-def test_another_boot_is_a_new_baseline(run_collector, receiver, tmp_path):
-    """Counted per interface, a reboot need not show: an idle interface counts 0 before and after, and
+def test_interface_made_after_the_baseline_counts_whole_and_a_renamed_one_goes_on(namespace, tmp_path):
+    state = tmp_path / "state"
+    namespace.run_host(state)
+    namespace.make_pair(5 * MB)
+    namespace.run_host(state)
+    namespace.run("ip", "link", "set", "veth-a", "down")
+    namespace.run("ip", "link", "set", "veth-a", "name", "veth-c")
+    namespace.run("ip", "link", "set", "veth-c", "up")
+    namespace.send(3 * MB, "veth-c")
+    done = namespace.run_host(state, "-v")
+    new, renamed = network_of(state)
+    assert 5 * MB <= new["received"] < 5 * MB + SMALL
+    assert 3 * MB <= renamed["received"] < 3 * MB + SMALL
+    assert network_log(done) == []
+
+
+def test_another_boot_is_a_new_baseline(namespace, tmp_path):
+    """Counted per interface, a reboot need not show (an idle interface counts 0 before and after):
     /proc/sys/kernel/random/boot_id tells it."""
     state = tmp_path / "state"
-    assert run_host(run_collector, receiver, state).returncode == 0
+    namespace.run_host(state)
     baseline = json.loads((state / host.NETWORK_STATE).read_text())
     assert baseline["boot"] == pathlib.Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     (state / host.NETWORK_STATE).write_text(json.dumps(dict(baseline, boot="an earlier boot")))
-    done = run_host(run_collector, receiver, state, "-v")
-    assert done.returncode == 0, done.stderr
-    assert receiver.of_kind("NETWORK") == []
+    done = namespace.run_host(state, "-v")
+    assert network_of(state) == []
     assert network_log(done) == [
         "INFO:host:NETWORK: the node booted since the baseline: new baseline stored, first figures on the next run"]
     assert json.loads((state / host.NETWORK_STATE).read_text())["boot"] == baseline["boot"]
 
 
-def test_total_baseline_of_an_older_version_gives_its_interval(run_collector, receiver, tmp_path):
-    """An upgrade loses no NETWORK interval: the baseline of total counters that earlier versions stored is still counted."""
+def test_total_baseline_of_an_earlier_version_gives_its_interval(namespace, tmp_path):
+    """An upgrade loses no NETWORK interval: the baseline of total counters that earlier versions stored is
+    still counted."""
     state = tmp_path / "state"
     state.mkdir()
-    total = psutil.net_io_counters()
+    namespace.make_pair(5 * MB)
+    sent, received = namespace.counters()
     (state / host.NETWORK_STATE).write_text(json.dumps(
-        {"time": time.time() - 300, "counters": [total.bytes_sent - MB, total.bytes_recv - 2 * MB]}))
-    done = run_host(run_collector, receiver, state, "-v")
-    assert done.returncode == 0, done.stderr
-    network, = receiver.of_kind("NETWORK")
-    assert network["network"]["sent"] >= MB and network["network"]["received"] >= 2 * MB
-    assert 300 <= network["network"]["interval"] < 360
+        {"time": time.time() - 300, "counters": [sent - MB, received - 2 * MB]}))
+    done = namespace.run_host(state, "-v")
+    network, = network_of(state)
+    assert MB <= network["sent"] < MB + SMALL and 2 * MB <= network["received"] < 2 * MB + SMALL
+    assert 300 <= network["interval"] < 360
     assert network_log(done) == []
     assert set(json.loads((state / host.NETWORK_STATE).read_text())) == {"time", "boot", "interfaces"}
 
