@@ -246,7 +246,11 @@ class Delivery:
                                       redirect=False)
         except self.urllib3.exceptions.HTTPError as error:
             through = " through proxy %s (from %s)" % (self.route.proxy, self.route.origin) if self.route.proxy else ""
-            if isinstance(getattr(error, "reason", error), self.urllib3.exceptions.SSLError):
+            cause, exceptions = getattr(error, "reason", error), self.urllib3.exceptions
+            if isinstance(cause, exceptions.ProxyError) and isinstance(cause.original_error, exceptions.SSLError):
+                self.endpoint_down = "TLS verification of the https:// proxy %s (from %s) failed" % (
+                    self.route.proxy, self.route.origin)
+            elif isinstance(cause, exceptions.SSLError):
                 self.endpoint_down = "TLS verification of %s failed%s" % (self.opts.url, through)
             else:
                 self.endpoint_down = "cannot reach %s%s: %s" % (self.opts.url, through, network_failure(error))

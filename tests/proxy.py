@@ -28,24 +28,51 @@ def free_port():
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def tinyproxy_program():
-    """The tinyproxy executable; apt-get installs it when missing (root only)."""
-    found = shutil.which("tinyproxy") or shutil.which("tinyproxy", path="/usr/sbin:/usr/bin")
+def installed(program, package):
+    """The path of PROGRAM; apt-get installs PACKAGE when it is missing (root only)."""
+    path = "/usr/sbin:/usr/bin:/bin"
+    found = shutil.which(program) or shutil.which(program, path=path)
     if found:
         return found
     if not shutil.which("apt-get"):
-        skip_or_fail("tinyproxy is not installed and there is no apt-get to install it")
+        skip_or_fail("%s is not installed and there is no apt-get to install it" % program)
     if os.geteuid() != 0:
-        skip_or_fail("tinyproxy is not installed (apt-get install %s needs root)" % PACKAGE)
-    done = apt_get("install", "--no-install-recommends", PACKAGE)
+        skip_or_fail("%s is not installed (apt-get install %s needs root)" % (program, package))
+    done = apt_get("install", "--no-install-recommends", package)
     if done.returncode != 0:  # package lists missing or stale
         apt_get("update")
-        done = apt_get("install", "--no-install-recommends", PACKAGE)
-    found = shutil.which("tinyproxy", path="/usr/sbin:/usr/bin")
+        done = apt_get("install", "--no-install-recommends", package)
+    found = shutil.which(program, path=path)
     if done.returncode != 0 or not found:
-        skip_or_fail("apt-get install %s failed: %s" % (PACKAGE, (done.stderr.strip().splitlines() or ["?"])[-1]))
+        skip_or_fail("apt-get install %s failed: %s" % (package, (done.stderr.strip().splitlines() or ["?"])[-1]))
     return found
+
+
+@pytest.fixture(scope="session")
+def tinyproxy_program():
+    return installed("tinyproxy", PACKAGE)
+
+
+def wait_listening(port, process, seconds=10):
+    """Whether PROCESS listens on 127.0.0.1:PORT within SECONDS (False once it has exited)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def stop(process):
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 class Tinyproxy:
@@ -66,22 +93,12 @@ class Tinyproxy:
             self.output = open(directory / "tinyproxy.out", "w")
             self.process = subprocess.Popen([program, "-d", "-c", str(config)], stdin=subprocess.DEVNULL,
                                             stdout=self.output, stderr=subprocess.STDOUT)
-            if self._wait_listening():
+            if wait_listening(self.port, self.process):
                 break
             self.close()
         else:
             pytest.fail("tinyproxy did not start: %s" % (directory / "tinyproxy.out").read_text())
         self.url = "http://127.0.0.1:%d" % self.port
-
-    def _wait_listening(self, seconds=10):
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return True
-            except OSError:
-                time.sleep(0.05)
-        return False
 
     def url_with(self, user, password):
         return "http://%s:%s@127.0.0.1:%d" % (user, password, self.port)
@@ -92,13 +109,7 @@ class Tinyproxy:
         return CONNECT_LINE.findall(text)
 
     def close(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop(self.process)
         self.output.close()
 
 
@@ -120,3 +131,45 @@ def start_tinyproxy(tinyproxy_program, tmp_path_factory):
 def tinyproxy(start_tinyproxy):
     """A running tinyproxy that CONNECTs to any port without credentials."""
     return start_tinyproxy()
+
+
+@pytest.fixture(scope="session")
+def stunnel_program():
+    return installed("stunnel4", "stunnel4")
+
+
+class TlsFront:
+    """stunnel in front of a proxy: the same proxy as https://, its certificate CERT (a trustme LeafCert)."""
+
+    def __init__(self, program, directory, behind, cert):
+        pem = directory / "proxy.pem"
+        cert.private_key_and_cert_chain_pem.write_to_path(str(pem))
+        for _ in range(5):  # the free port may be taken between the probe and stunnel's bind
+            self.port = free_port()
+            config = directory / "stunnel.conf"
+            config.write_text("foreground = yes\npid =\noutput = %s\n[proxy]\naccept = 127.0.0.1:%d\n"
+                              "connect = 127.0.0.1:%d\ncert = %s\n" % (directory / "stunnel.log", self.port,
+                                                                       behind.port, pem))
+            self.process = subprocess.Popen([program, str(config)], stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if wait_listening(self.port, self.process):
+                break
+            stop(self.process)
+        else:
+            pytest.fail("stunnel did not start: %s" % (directory / "stunnel.log").read_text())
+        self.url = "https://127.0.0.1:%d" % self.port
+
+
+@pytest.fixture
+def start_https_proxy(stunnel_program, tinyproxy, tmp_path_factory):
+    """start_https_proxy(cert) -> the tinyproxy fixture's proxy behind TLS with that certificate, stopped after
+    the test (its CONNECTs are tinyproxy.connects())."""
+    fronts = []
+
+    def start(cert):
+        fronts.append(TlsFront(stunnel_program, tmp_path_factory.mktemp("stunnel"), tinyproxy, cert))
+        return fronts[-1]
+
+    yield start
+    for front in fronts:
+        stop(front.process)

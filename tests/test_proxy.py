@@ -175,6 +175,31 @@ def test_tls_is_verified_end_to_end_through_the_proxy(run_collector, receiver, s
     assert [d["users"] for d in json_lines(tmp_path / "state" / "spool-ssh.jsonl")] == [["alice", "bob"]]
 
 
+def test_documents_go_through_an_https_proxy(run_collector, receiver, sessions, tinyproxy, start_https_proxy,
+                                            certificate_authority, tmp_path):
+    """TLS to the proxy, and the endpoint's TLS inside its tunnel: the proxy's certificate is verified against
+    ca_bundle (here the receiver's CA issued both)."""
+    proxy = start_https_proxy(certificate_authority.issue_cert("127.0.0.1"))
+    done = run_ssh(run_collector, receiver, sessions, tmp_path, env=environment(HTTPS_PROXY=proxy.url))
+    assert done.returncode == 0, done.stderr
+    assert [d["users"] for d in receiver.of_kind("ssh")] == [["alice", "bob"]]
+    assert tinyproxy.connects() == ["127.0.0.1:%d" % receiver.port]
+    assert ("INFO:afmetrics:sending to %s through proxy %s (from HTTPS_PROXY)" % (receiver.url, proxy.url)
+            in log_lines(done.stderr))
+    assert not errors(done)
+
+
+def test_https_proxy_with_a_certificate_from_another_ca_is_refused(run_collector, receiver, sessions, tinyproxy,
+                                                                    start_https_proxy, tmp_path):
+    proxy = start_https_proxy(trustme.CA(organization_name="someone else").issue_cert("127.0.0.1"))
+    done = run_ssh(run_collector, receiver, sessions, tmp_path, env=environment(HTTPS_PROXY=proxy.url))
+    assert done.returncode == 1
+    assert tinyproxy.connects() == []  # nothing reached the proxy itself
+    assert errors(done) == ["ERROR:ssh:1 document(s) not delivered (TLS verification of the https:// proxy %s "
+                            "(from HTTPS_PROXY) failed): kept for the next run" % proxy.url]
+    assert [d["users"] for d in json_lines(tmp_path / "state" / "spool-ssh.jsonl")] == [["alice", "bob"]]
+
+
 @pytest.mark.parametrize("fault", ["down", "refuses CONNECT", "wrong credentials"])
 def test_failing_proxy_is_one_line_and_keeps_the_documents(run_collector, receiver, sessions, start_tinyproxy,
                                                            tmp_path, fault):
