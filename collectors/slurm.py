@@ -248,18 +248,30 @@ def collect(run):
     except common.SourceError as error:
         run.source_failed("%s: finished jobs are reported once sacct answers" % error)
         finished = None
+    # Jobs in sacct's answer that squeue lists, but not as COMPLETING: requeued after their node failed or they
+    # were preempted (sacct, asked for final states, answers the earlier run's record while the job is back in
+    # the queue, and even running again), or ended between the two calls. Neither is finished yet for this run.
+    queued_still = set()
     if finished is not None:
         if waiting:
             log.info("slurmctld holds %d record(s) for slurmdbd: the sacct cursor stays where it is", waiting)
-        run.after_delivery.append(lambda: run.state.save(CURSOR_STATE, next_state(state, finished, not waiting,
-                                                                                  now)))
+        run.after_delivery.append(lambda: run.state.save(CURSOR_STATE, next_state(
+            state, [row for row in finished if row["id"] not in queued_still], not waiting, now)))
     queues = [parse_queue_spec(spec) for spec in opts.slurm_queues]
     yield from queue_documents(queues, squeue_rows(queue_text))
     done = {row["id"] for row in finished or ()}
-    fresh = [row for row in finished or () if row["id"] not in state["seen"]]
-    # A job in both ended while the run looked: it is reported as finished.
-    queued = (row for row in squeue_rows(queue_text, log) if row["id"] not in done)
-    for row in itertools.chain(queued, fresh):
+
+    def queued():
+        for row in squeue_rows(queue_text, log):
+            if row["id"] in done:
+                if row["state"] == "COMPLETING":
+                    continue  # it ended while the run looked: reported as finished
+                queued_still.add(row["id"])
+            yield row
+
+    # After queued(), which fills queued_still.
+    fresh = (row for row in finished or () if row["id"] not in state["seen"] and row["id"] not in queued_still)
+    for row in itertools.chain(queued(), fresh):
         if row["user"] in excluded:
             continue
         owner = run.users.report_name(row["user"])

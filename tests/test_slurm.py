@@ -209,6 +209,33 @@ def test_a_completing_job_already_in_sacct_is_reported_once_as_completed(tmp_pat
     assert "12" not in collect(cluster, tmp_path)
 
 
+def test_a_requeued_job_is_queued_not_finished_until_it_ends(tmp_path):
+    """A job requeued after its node failed (or it was preempted) is back in squeue, PENDING and then RUNNING,
+    while sacct asked for final states still answers its earlier run's NODE_FAIL (so the real Slurm 22.05 does,
+    test_slurm_cluster.py): it is a queued job until it ends, and then reported once, as what it ended in."""
+    now = int(time.time())
+    cluster = FakeSlurm()
+    cluster.records.append(("2", "bob", "NODE_FAIL", 4, now - 30))
+    for state in ("PENDING", "RUNNING"):
+        cluster.queue = "2|bob|%s|long|BeginTime|1|0:00|cpu=1,mem=100M,node=1,billing=1|\n" % state
+        assert collect(cluster, tmp_path) == {"2": state.lower()}
+    cluster.queue, cluster.records = "", [("2", "bob", "CANCELLED by 1001", 21, now - 1)]
+    assert collect(cluster, tmp_path) == {"2": "cancelled"}
+    assert collect(cluster, tmp_path) == {}
+
+
+def test_a_job_that_ends_while_the_run_looks_is_finished_on_the_next_run(tmp_path):
+    """squeue, read first, lists it RUNNING; sacct, read next, has its end: this run reports it running, the next
+    one finished (it cannot be told from a requeued job, above, in one run)."""
+    cluster = FakeSlurm()
+    cluster.queue = "3|alice|RUNNING|short|None|1|0:09|cpu=1,mem=100M,node=1,billing=1|\n"
+    cluster.records.append(("3", "alice", "COMPLETED", 10, int(time.time())))
+    assert collect(cluster, tmp_path) == {"3": "running"}
+    cluster.queue = ""
+    assert collect(cluster, tmp_path) == {"3": "completed"}
+    assert collect(cluster, tmp_path) == {}
+
+
 def test_first_run_looks_back_and_a_corrupt_state_starts_afresh(tmp_path, caplog):
     now = int(time.time())
     cluster = FakeSlurm()

@@ -240,9 +240,11 @@ def test_each_finished_job_is_reported_once_across_runs(slurm_cluster, job_mix, 
     cluster.wait_in_sacct(job_mix.gated[1:2])
     run({job_mix.gated[1]: "completed"})
 
-    # Gated job 2 ends between the run's squeue, which sees it running, and its sacct.
-    run({job_mix.gated[2]: "completed"}, env=ending_job_environment(cluster, tmp_path / "ending",
-                                                                     job_mix.gated[2], "gate-2"))
+    # Gated job 2 ends between the run's squeue, which sees it running, and its sacct: to that run it is running
+    # (a job requeued after a node failure looks the same, test_node_failure_...), to the next one completed.
+    run({}, env=ending_job_environment(cluster, tmp_path / "ending", job_mix.gated[2], "gate-2"))
+    assert runs[-1][1][job_mix.gated[2]]["state"] == "running"
+    run({job_mix.gated[2]: "completed"})
 
     # A job held COMPLETING by its epilog is reported once, as completed, whatever squeue says meanwhile.
     hold = cluster.root / "tmp" / ("hold-epilog-%s" % job_mix.completing)
@@ -341,3 +343,44 @@ def test_stopped_slurmctld(slurm_cluster, job_mix, collect):
         slurm_cluster.start("slurmctld")
     assert error == "ERROR:slurm:squeue failed (exit 1): slurm_load_jobs error: Unable to contact slurm controller " \
         "(connect failure)"
+
+
+def test_node_failure_ends_a_job_once_and_a_requeued_one_only_when_it_ends(slurm_cluster, job_mix, collect):
+    """The node fails (set DOWN, as slurmctld does when slurmd stops answering): a job that may not be requeued
+    ends NODE_FAIL, reported once; one that may (Slurm's default) goes back to the queue, and sacct, asked for
+    final states, answers its NODE_FAIL while it waits and while it runs again. It is a queued job until it ends,
+    and then reported once, as cancelled. Last in the file: it takes the node down under every job of the mix."""
+    cluster = slurm_cluster
+    cluster.run("scancel", "--user=alice")  # room on the node
+    cluster.run("scancel", "--user=bob")
+    lost = cluster.sbatch("alice", "-p", "long", "--no-requeue")
+    requeued = cluster.sbatch("bob", "-p", "short")
+    cluster.wait_for("both to run", lambda jobs: all(jobs[job]["JobState"] == "RUNNING" for job in (lost, requeued)))
+    node = cluster.run("sinfo", "--noheader", "--format=%N").stdout.split()[0]
+    cluster.run("scontrol", "update", "nodename=" + node, "state=down", "reason=afmetrics-test")
+    try:
+        cluster.wait_in_sacct([lost])
+        cluster.wait_for("the requeue", lambda jobs: jobs.get(requeued, {}).get("JobState") == "PENDING")
+        assert {row["JobID"]: row["State"] for row in cluster.sacct(
+            "--starttime=now-1hours", "--endtime=now+1days", "--state=NF")} == {lost: "NODE_FAIL",
+                                                                               requeued: "NODE_FAIL"}
+        done, documents, _ = collect(*QUEUES)
+        assert done.returncode == 0, done.stderr
+        jobs = jobs_by_id(documents)
+        assert (jobs[lost]["state"], jobs[requeued]["state"]) == ("node_fail", "pending")
+        # ReturnToService=2 may have brought the node back already: then there is nothing to resume.
+        cluster.run("scontrol", "update", "nodename=" + node, "state=resume", check=False)
+        cluster.run("scontrol", "update", "jobid=" + requeued, "starttime=now")  # no requeue delay
+        cluster.wait_for("the rerun", lambda jobs: jobs[requeued]["JobState"] == "RUNNING")
+        done, documents, _ = collect(*QUEUES)
+        assert done.returncode == 0, done.stderr
+        jobs = jobs_by_id(documents)
+        assert lost not in jobs and jobs[requeued]["state"] == "running"
+        cluster.run("scancel", requeued)
+        cluster.wait_for("the cancel", lambda jobs: requeued not in jobs)
+        cluster.wait_in_sacct([requeued])
+        finals = [jobs_by_id(collect(*QUEUES)[1]) for _ in range(2)]
+        assert [{job: document["state"] for job, document in run.items() if job in (lost, requeued)}
+                for run in finals] == [{requeued: "cancelled"}, {}]
+    finally:
+        cluster.run("scontrol", "update", "nodename=" + node, "state=resume", check=False)
