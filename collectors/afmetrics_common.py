@@ -19,17 +19,17 @@ import subprocess
 import sys
 import time
 
-from afmetrics_delivery import Delivery, network_failure, with_token
+from afmetrics_delivery import TOO_LARGE, Delivery, endpoint_key, network_failure, with_token
 from afmetrics_privacy import UserFilter, host_name, login_node
 from afmetrics_settings import (COLLECTOR_SETTINGS, COMMON_SETTINGS, KUBERNETES_SERVICEACCOUNT_DIR, UsageError,
                                 __version__, add_common_arguments, add_exclude_owner_argument, resolve_settings,
                                 warn_about_visible_secrets)
 from afmetrics_record import LastError, load_record, recorded_collectors, save_record
-from afmetrics_state import Spool, StateDir
+from afmetrics_state import Spool, StateDir, iso_timestamp, this_boot
 from afmetrics_status import UNKNOWN as STATUS_UNKNOWN, status_report, write_textfile
 
 __all__ = ["COLLECTOR_SETTINGS", "COMMON_SETTINGS", "KUBERNETES_SERVICEACCOUNT_DIR", "SourceError", "UsageError",
-           "__version__", "add_exclude_owner_argument", "main", "network_failure", "script_main"]
+           "__version__", "add_exclude_owner_argument", "main", "network_failure", "script_main", "this_boot"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -221,7 +221,7 @@ def keep_record(run, started, status, collection, delivered, last_error):
     counts = dict(collected=collection.count, delivered=delivered.delivered, spooled=delivered.spooled,
                   refused=delivered.refused, dropped=delivered.dropped, spool_documents=delivered.spool_documents)
     try:
-        save_record(run.state, run.name, started, status, counts, delivered.spool_oldest_ms, run.source_error,
+        save_record(run.state, run.name, started, status, counts, delivered.spool_oldest, run.source_error,
                     last_error)
     except OSError as error:
         run.log.error("cannot write the run record: %s: %s", error.strerror, error.filename)
@@ -239,64 +239,83 @@ def keep_record(run, started, status, collection, delivered, last_error):
 # What became of a run's documents: delivered, spooled (this run's, kept for the next), refused (by the endpoint,
 # dropped), dropped (by the spool: corrupt, expired, over its bound); the spool file after the run; and kept_all:
 # False when undelivered documents could not be kept, so that the state must stay where it was.
-Delivered = collections.namedtuple("Delivered", "delivered spooled refused dropped spool_documents spool_oldest_ms "
+Delivered = collections.namedtuple("Delivered", "delivered spooled refused dropped spool_documents spool_oldest "
                                                 "kept_all")
 
 
+def noting_keys(documents, keys):
+    """documents, adding the endpoint_key of each that has one to the set keys as they go by."""
+    for document in documents:
+        key = endpoint_key(document)
+        if key is not None:
+            keys.add(key)
+        yield document
+
+
 def deliver_with_spool(run, collection, delivery, is_snapshot):
-    """Send what the spool holds, oldest first, then the new documents; spool what did not go. Returns Delivered."""
+    """Send what the spool holds, oldest first, then the new documents; spool what did not go. Returns Delivered.
+
+    Spooled documents that the endpoint keeps under a key (a condor job's) go last, and only those whose key
+    this run did not send anew: an older snapshot of a job must never land after a newer one, which it would
+    replace in the index.
+    """
     spool = Spool(run.state, run.name, run.opts, run.log, is_snapshot)
-    collected_ms = int(time.time() * 1000)
+    collected_at = iso_timestamp(time.time())
     collection.start()
     delivery.start_budget()
     waiting = spool.load()
     if waiting:
         run.log.info("re-sending %d spooled document(s) first", len(waiting))
-    spooled = delivery.deliver(waiting, run.opts.token, run.log)
-    in_spool = spooled.undelivered  # what the spool file holds, as far as this run knows
+    keyed = [document for document in waiting if endpoint_key(document) is not None]
+    spooled = delivery.deliver([document for document in waiting if endpoint_key(document) is None], run.opts.token)
+    in_spool = spooled.undelivered + keyed  # what the spool file holds, as far as this run knows
     if waiting or spool.needs_rewrite:
         # At once: whatever becomes of this run's own documents, the spool now holds only what is left of
         # it, without its corrupt and expired lines.
         try:
-            in_spool = spool.save(spooled.undelivered)
+            in_spool = spool.save(in_spool)
         except OSError as error:
             run.log.error("cannot rewrite the spool: %s: %s (its delivered documents will be sent again)",
                           error.strerror, error.filename)
-    fresh = delivery.deliver(collection, run.opts.token, run.log)
-    refused = spooled.refused + fresh.refused
-    # An endpoint that refuses every one of several documents (a front end answering 400 to all) is a wrong
-    # endpoint, not a run of bad documents: they are kept like any other failure's.
-    keep_refused = len(refused) > 1 and not delivery.accepted
-    if keep_refused:
+    sent_anew = set()
+    fresh = delivery.deliver(noting_keys(collection, sent_anew), run.opts.token)
+    older = delivery.deliver([document for document in keyed if endpoint_key(document) not in sent_anew],
+                             run.opts.token)
+    refused = spooled.refused + older.refused + fresh.refused
+    # An endpoint that took none of the documents it refused with 400 or 422 (a front end answering 400 to
+    # all) is a wrong endpoint, not a run of bad documents: they are kept like any other failure's, also when
+    # there is only one. A body too large (413) is a document's own fault, whatever the endpoint took.
+    kept_refused = [document for document, status in refused if status != TOO_LARGE] if not delivery.accepted else []
+    if kept_refused:
         delivery.endpoint_down = delivery.endpoint_down or "%s refused every document (HTTP %s)" % (
             run.opts.url, "/".join(sorted({str(status) for _, status in refused})))
-    else:
-        for document, status in refused:
-            run.log.error("%s refused a %s document with HTTP %d: dropped", run.opts.url, document["kind"], status)
-    kept_again = [document for document, _ in spooled.refused] if keep_refused else []
-    new_in_spool = [dict(d, timestamp=d.get("timestamp", collected_ms))
-                    for d in fresh.undelivered + ([d for d, _ in fresh.refused] if keep_refused else [])]
+    dropped_by_endpoint = [(document, status) for document, status in refused
+                           if not any(document is kept for kept in kept_refused)]
+    for document, status in dropped_by_endpoint:
+        run.log.error("%s refused a %s document with HTTP %d: dropped", run.opts.url, document["kind"], status)
+    fresh_refused = {id(document) for document, _ in fresh.refused}
+    new_in_spool = [dict(document, timestamp=collected_at) for document in fresh.undelivered
+                    + [document for document in kept_refused if id(document) in fresh_refused]]
     kept_all = True
-    if kept_again or new_in_spool:
-        undelivered = spooled.undelivered + kept_again + new_in_spool
+    if new_in_spool or keyed or kept_refused:  # what the spool must hold changed since it was rewritten
+        undelivered = spooled.undelivered + older.undelivered + [
+            document for document in kept_refused if id(document) not in fresh_refused] + new_in_spool
         try:
             in_spool = spool.save(undelivered)
         except OSError as error:
+            # The spool file still holds what it held: only this run's own documents can be lost.
+            kept_all = not new_in_spool
             run.log.error("cannot keep %d document(s): %s: %s", len(undelivered), error.strerror, error.filename)
-            kept_all = False
-    delivery.log_retries(spooled.retried + fresh.retried, run.log)
+    if delivery.accepted:  # else the failures are the run's one error line
+        delivery.log_retries(spooled.retried + fresh.retried + older.retried, run.log)
     kept = len(in_spool) if kept_all else 0
-    dropped_by_endpoint = 0 if keep_refused else len(refused)
-    not_delivered = len(spooled.undelivered) + len(fresh.undelivered) + len(refused)
-    delivered = len(waiting) + collection.count - not_delivered
     if kept:
         run.log.error("%d document(s) not delivered (%s): kept for the next run", kept, delivery.why_not)
     elif kept_all:
-        run.log.info("delivered %d document(s)", delivered)
+        run.log.info("delivered %d document(s)", delivery.accepted)
     saved = {id(document) for document in in_spool}
-    return Delivered(delivered, sum(id(document) in saved for document in new_in_spool) if kept_all else 0,
-                     dropped_by_endpoint, spool.dropped(), kept,
-                     min((document["timestamp"] for document in in_spool), default=None) if kept_all else None,
+    return Delivered(delivery.accepted, sum(id(document) in saved for document in new_in_spool) if kept_all else 0,
+                     len(dropped_by_endpoint), spool.dropped(), kept, spool.oldest(in_spool) if kept_all else None,
                      kept_all)
 
 

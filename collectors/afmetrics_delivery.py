@@ -1,10 +1,16 @@
 """Delivery: POSTs documents to the endpoint over a pool of keep-alive connections (directly or through an
-HTTP proxy), with retries inside a time budget, and says which documents to keep for a later run."""
+HTTP proxy), as JSON arrays within the endpoint's body limit, with retries inside a time budget, and says
+which documents to keep for a later run.
+
+What the central endpoint does with a request (ATLAS-Analytics/uc_ls_collectors, branch af: configs/AF.conf,
+kube/af.yaml; logstash-plugins/logstash-input-http 3.6.1, the version Logstash 8.7.0 bundles): ingress-nginx
+in front refuses a body over 1 MiB as sent (413); the http input answers 200 once the events are queued,
+whatever its filter then does with them (an unknown token is dropped in silence); condorjob documents are
+upserted under endpoint_key(), every other kind is appended. tests/receiver.py models all of it."""
 import base64
 import collections
 import datetime
 import gzip
-import itertools
 import json
 import logging
 import math
@@ -21,6 +27,40 @@ log = logging.getLogger("afmetrics")
 
 def with_token(document, token):
     return dict(document, token=token)
+
+
+def endpoint_key(document):
+    """The id under which the endpoint keeps document, replacing what it held under that id; None for a
+    document it appends. AF.conf's elasticsearch output sets document_id => "%{cluster}-%{users}-%{Id}" for
+    kind condorjob alone, so the last condorjob written for a job is what the index shows."""
+    if document.get("kind") != "condorjob":
+        return None
+    return "%s-%s-%s" % (document.get("cluster"), document.get("users"), document.get("Id"))
+
+
+def request_bodies(documents, token, batch_size, batch_bytes):
+    """Yield (chunk, body): the documents in order, each chunk one POST's body as UTF-8 JSON with the token.
+
+    batch_size 1: each document alone, a JSON object, as the old tool sent it. Otherwise a JSON array (the
+    endpoint's json codec makes one event per element) of at most batch_size documents and batch_bytes bytes
+    (gzip never makes a JSON text larger than that by more than its few header bytes, so the bound holds as
+    sent); a document larger than batch_bytes on its own goes alone, for the endpoint to judge.
+    """
+    if batch_size <= 1:
+        for document in documents:
+            yield [document], json.dumps(with_token(document, token)).encode("utf-8")
+        return
+    chunk, encoded, size = [], [], 2  # the brackets
+    for document in documents:
+        text = json.dumps(with_token(document, token)).encode("utf-8")
+        if chunk and (len(chunk) >= batch_size or size + len(text) + 1 > batch_bytes):
+            yield chunk, b"[" + b",".join(encoded) + b"]"
+            chunk, encoded, size = [], [], 2
+        chunk.append(document)
+        encoded.append(text)
+        size += len(text) + 1  # and its comma
+    if chunk:
+        yield chunk, b"[" + b",".join(encoded) + b"]"
 
 
 def network_failure(error):
@@ -121,13 +161,18 @@ def proxy_route(url, setting):
     return parse_proxy(value, variable)
 
 
-# What an answer says (RFC 9110). These refuse the documents themselves: a single one is dropped with a log
-# line, a batch is split until the document at fault is alone. 413 is a batch too large, or a document that
-# no batch size can help.
+# What an answer says (RFC 9110). These refuse the documents themselves: a batch is split until the document
+# at fault is alone. 413 is a body too large (the AF endpoint's ingress above 1 MiB): a document alone over the
+# limit is dropped. 400 and 422 come from other endpoints (the AF one answers 400 only to a gzip body it cannot
+# inflate); a document they refuse alone is dropped only when the endpoint took others (afmetrics_common).
 REFUSE_DOCUMENTS = (400, 413, 422)
-# Busy or broken: worth a retry within the budget. Every other answer (401, 403, 404 during a redeploy,
-# 405, ...) says the endpoint, not the document, is wrong: the documents are kept for a later run.
-RETRY_STATUSES = (429, 500, 502, 503, 504)
+TOO_LARGE = 413
+# Busy or broken, the request not taken: worth a retry within the budget. Every other answer (401, 403, 404
+# during a redeploy, 405, ...) says the endpoint, not the document, is wrong: the documents are kept for a
+# later run. 504 among them: a gateway that gave up waiting on an upstream that got the request whole
+# (ingress-nginx's proxy-read-timeout, 60 s by default, in front of a blocked Logstash queue, which still
+# indexes it), so sending it again now could index it twice.
+RETRY_STATUSES = (429, 500, 502, 503)
 
 
 def retry_after_seconds(value):
@@ -148,12 +193,30 @@ def retry_after_seconds(value):
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
+def telling_when_sent(pool_class, attempt):
+    """pool_class (a urllib3 connection pool class) whose connections set attempt.sent_whole once a request
+    went out whole: urllib3 reads an answer even after a reset while sending, so only the connection knows."""
+    class Connection(pool_class.ConnectionCls):
+        def request(self, *args, **kwargs):
+            super().request(*args, **kwargs)
+            attempt.sent_whole = True
+
+    return type(pool_class.__name__, (pool_class,), {"ConnectionCls": Connection})
+
+
 class Delivery:
     """POSTs documents over one pool of keep-alive connections, with retries inside a time budget.
 
     start_budget() starts the clock of one collector's delivery: send_budget seconds from then, never past
     the run's deadline. Once the endpoint failed (down, refusing the token, the budget used up) every
     further document is kept without a try; why_not says why.
+
+    A request sent whole is never sent again in the same run: its answer is awaited as long as the budget
+    allows (the AF endpoint's http input answers only once its queue took the events, which a blocked queue
+    delays), and a request whose answer did not come is kept for the next run, which may then index its
+    documents a second time (at-least-once: dropping them would lose those the endpoint never got). Only
+    failures before the body went out (a refused connection, a reset while sending) and answers that say
+    the request was not taken (429, 5xx but 504) are retried within the run.
     """
 
     RETRIES = 3
@@ -169,6 +232,8 @@ class Delivery:
         from urllib3.util.retry import Retry
 
         delivery = self
+        # Set by the connection once a request's body went out whole, per sender thread.
+        self.attempt = attempt = threading.local()
 
         class BudgetRetry(Retry):
             # Backoff and Retry-After are honoured, but no wait may run past the budget.
@@ -186,26 +251,35 @@ class Delivery:
             def is_exhausted(self):
                 return super().is_exhausted() or self._left() <= 0
 
+            def increment(self, *args, **kwargs):
+                if kwargs.get("error") is not None and getattr(attempt, "sent_whole", False):
+                    raise kwargs["error"]  # the endpoint may have it: not again in this run
+                attempt.sent_whole = False
+                return super().increment(*args, **kwargs)
+
         self.urllib3, self.opts = urllib3, opts
         self.run_deadline = run_deadline
         self.deadline = min(time.monotonic() + opts.send_budget, run_deadline)
         self.endpoint_down, self.budget_used_up = None, False
         self.accepted = 0  # documents the endpoint took since start_budget()
-        self.batched = opts.batch_size > 1
         retry = BudgetRetry(total=self.RETRIES, backoff_factor=0.5, backoff_jitter=0.5, backoff_max=10,
                             status_forcelist=RETRY_STATUSES, allowed_methods=None,
                             respect_retry_after_header=True, raise_on_status=False)
         # TLS is always verified: against ca_bundle when given, else the system's CAs.
         pool = dict(maxsize=max(1, opts.connections), block=True, retries=retry, cert_reqs="CERT_REQUIRED",
                     ca_certs=opts.ca_bundle or None)
+        pool_classes = {scheme: telling_when_sent(pool_class, attempt)
+                        for scheme, pool_class in urllib3.poolmanager.pool_classes_by_scheme.items()}
         self.route = proxy_route(opts.url, getattr(opts, "proxy", ""))
         if self.route.proxy:
             # HTTPS through CONNECT: the tunnel carries TLS from here to the endpoint, verified as above (an
             # https:// proxy's own certificate too); each kept-alive connection is one tunnel.
             self.pool = urllib3.ProxyManager(self.route.proxy, proxy_headers=self.route.headers, **pool)
+            self.pool.pool_classes_by_scheme = pool_classes
             log.info("sending to %s through proxy %s (from %s)", opts.url, self.route.proxy, self.route.origin)
         else:
             self.pool = urllib3.PoolManager(**pool)
+            self.pool.pool_classes_by_scheme = pool_classes
             if self.route.bypassed:
                 log.info("sending to %s directly: NO_PROXY names its host (not through %s)", opts.url,
                          self.route.bypassed)
@@ -226,34 +300,25 @@ class Delivery:
             return "run budget of %g s used up" % self.opts.run_budget
         return "time budget of %g s used up" % self.opts.send_budget
 
-    def _post(self, payload):
-        """(verdict, failures retried past): verdict True when delivered, False when the payload should be
-        kept, else the HTTP status refusing the documents."""
+    def _post(self, body):
+        """(verdict, failures retried past): verdict True when delivered, False when the documents should be
+        kept, else the HTTP status refusing them."""
         remaining = self.deadline - time.monotonic()
         if self.endpoint_down or self.budget_used_up or remaining <= 0:
             self.budget_used_up = not self.endpoint_down
             return False, []
-        body = json.dumps(payload).encode("utf-8")
         if self.opts.gzip:
             body = gzip.compress(body)
-        # Every attempt, retries included, must fit in what is left of the budget.
-        per_attempt = remaining / (self.RETRIES + 1)
-        timeout = self.urllib3.Timeout(connect=min(self.CONNECT_TIMEOUT, per_attempt),
-                                       read=min(self.READ_TIMEOUT, per_attempt))
+        # Connecting, with its retries, must fit in what is left of the budget; an answer is awaited for all of it.
+        timeout = self.urllib3.Timeout(connect=min(self.CONNECT_TIMEOUT, remaining / (self.RETRIES + 1)),
+                                       read=remaining)
+        self.attempt.sent_whole = False
         try:
             # No redirects: a maintenance page that answers 200 elsewhere would take the documents and the token.
             reply = self.pool.request("POST", self.opts.url, body=body, headers=self.headers, timeout=timeout,
                                       redirect=False)
         except self.urllib3.exceptions.HTTPError as error:
-            through = " through proxy %s (from %s)" % (self.route.proxy, self.route.origin) if self.route.proxy else ""
-            cause, exceptions = getattr(error, "reason", error), self.urllib3.exceptions
-            if isinstance(cause, exceptions.ProxyError) and isinstance(cause.original_error, exceptions.SSLError):
-                self.endpoint_down = "TLS verification of the https:// proxy %s (from %s) failed" % (
-                    self.route.proxy, self.route.origin)
-            elif isinstance(cause, exceptions.SSLError):
-                self.endpoint_down = "TLS verification of %s failed%s" % (self.opts.url, through)
-            else:
-                self.endpoint_down = "cannot reach %s%s: %s" % (self.opts.url, through, network_failure(error))
+            self.endpoint_down = self._failure(error)
             return False, []
         retried = ["HTTP %d" % attempt.status if attempt.status else network_failure(attempt.error)
                    for attempt in (reply.retries.history if reply.retries else ())]
@@ -267,10 +332,23 @@ class Delivery:
                                                         " (a redirect to %s)" % location if location else "")
         return False, []
 
-    def _send(self, chunk, token):
-        """Send one chunk of documents: (to keep, [(document, status)] refused, failures retried past)."""
-        payload = [with_token(d, token) for d in chunk] if self.batched else with_token(chunk[0], token)
-        verdict, retried = self._post(payload)
+    def _failure(self, error):
+        """Why a request got no answer, for the log."""
+        through = " through proxy %s (from %s)" % (self.route.proxy, self.route.origin) if self.route.proxy else ""
+        cause, exceptions = getattr(error, "reason", error), self.urllib3.exceptions
+        if isinstance(cause, exceptions.ProxyError) and isinstance(cause.original_error, exceptions.SSLError):
+            return "TLS verification of the https:// proxy %s (from %s) failed" % (self.route.proxy, self.route.origin)
+        if isinstance(cause, exceptions.SSLError):
+            return "TLS verification of %s failed%s" % (self.opts.url, through)
+        if self.attempt.sent_whole:
+            if isinstance(cause, exceptions.ReadTimeoutError):
+                return "no answer from %s%s within the time budget to a request sent whole" % (self.opts.url, through)
+            return "no answer from %s%s to a request sent whole: %s" % (self.opts.url, through, network_failure(error))
+        return "cannot reach %s%s: %s" % (self.opts.url, through, network_failure(error))
+
+    def _send(self, chunk, body, token):
+        """Send one chunk of documents as body: (to keep, [(document, status)] refused, failures retried past)."""
+        verdict, retried = self._post(body)
         if verdict is True:
             self.accepted += len(chunk)
             return [], [], retried
@@ -279,22 +357,23 @@ class Delivery:
         if len(chunk) > 1:
             # The endpoint refused the batch: halves until the documents at fault stand alone.
             # Said as a retry: an admin seeing it often lowers batch_size.
-            half = len(chunk) // 2
-            first, second = self._send(chunk[:half], token), self._send(chunk[half:], token)
+            halves = [part for half in (chunk[:len(chunk) // 2], chunk[len(chunk) // 2:])
+                      for part in request_bodies(half, token, len(half), float("inf"))]
+            results = [self._send(part, part_body, token) for part, part_body in halves]
             split = ["HTTP %d (batch split)" % verdict]
-            return first[0] + second[0], first[1] + second[1], retried + split + first[2] + second[2]
+            return ([d for result in results for d in result[0]], [r for result in results for r in result[1]],
+                    retried + split + [f for result in results for f in result[2]])
         return [], [(chunk[0], verdict)], retried
 
-    def deliver(self, documents, token, logger):
+    def deliver(self, documents, token):
         """Send documents (any iterable), oldest first, and return an Outcome: what to keep, what the endpoint
         refused (the caller decides whether to drop it), and the failures that retries got past."""
-        size, workers = max(1, self.opts.batch_size), max(1, self.opts.connections)
+        workers = max(1, self.opts.connections)
         # A few requests in flight hide the endpoint's round trip; more would only load the receiver. Each
         # sender pulls its next chunk from the collector itself, so documents are made, sent and forgotten as
         # the collector yields them. Not a thread pool: a future and a hand-over per document cost about 8% more
         # CPU (bench/send_documents.py, 10,000 documents).
-        documents = iter(documents)
-        chunks = enumerate(iter(lambda: list(itertools.islice(documents, size)), []))
+        chunks = enumerate(request_bodies(documents, token, self.opts.batch_size, self.opts.batch_bytes))
         lock = threading.Lock()
         undelivered, retried, refused, failure, in_flight = [], [], [], [], {}
         closed = []  # set once the caller stopped waiting: what a straggler brings back then is ignored
@@ -303,12 +382,13 @@ class Delivery:
             try:
                 while True:
                     with lock:
-                        number, chunk = next(chunks, (None, None)) if not (failure or closed) else (None, None)
+                        number, (chunk, body) = next(chunks, (None, (None, None))) if not (failure or closed) \
+                            else (None, (None, None))
                         if chunk is None:
                             return
                         in_flight[number] = chunk
                     try:
-                        kept, refused_here, retried_past = self._send(chunk, token)
+                        kept, refused_here, retried_past = self._send(chunk, body, token)
                     except Exception as error:  # a bug of ours in one request: keep its documents, not the run's
                         self.endpoint_down = "delivery failed: %s: %s" % (type(error).__name__, error)
                         kept, refused_here, retried_past = chunk, [], []
@@ -338,7 +418,7 @@ class Delivery:
                 self.endpoint_down = self.endpoint_down or "%s did not finish answering within the time budget" \
                     % self.opts.url
                 undelivered.extend(in_flight.items())
-                undelivered.extend(chunks)  # the rest, never tried
+                undelivered.extend((number, chunk) for number, (chunk, _) in chunks)  # the rest, never tried
         undelivered.sort(key=lambda numbered: numbered[0])
         return Outcome([d for _, chunk in undelivered for d in chunk], refused, retried)
 

@@ -66,14 +66,14 @@ def recorded_collectors(state):
     return sorted(match.group(1) for match in map(RECORD_PATTERN.match, os.listdir(state.path)) if match)
 
 
-def save_record(state, name, started, exit_status, counts, spool_oldest_ms, source_error, last_error):
+def save_record(state, name, started, exit_status, counts, spool_oldest, source_error, last_error):
     """Write the run's record (started: time.time() and time.monotonic() at its start; counts: OUTCOMES and
     spool_documents) and return it; raises OSError."""
     previous = load_record(state, name) or {}
     ended = time.time()
     record = dict(counts, collector=name, start=started[0], end=ended, duration=time.monotonic() - started[1],
                   exit_status=exit_status, source_error=source_error, last_error=last_error,
-                  spool_oldest_timestamp=None if spool_oldest_ms is None else spool_oldest_ms / 1000.0,
+                  spool_oldest_timestamp=spool_oldest,
                   last_success=ended if exit_status == 0 else previous.get("last_success"))
     state.save(RECORD_FILE % name, record)
     return record

@@ -10,7 +10,7 @@ import math
 import os
 import re
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 
 CONFIG_SECTION = "afmetrics"
 DEFAULT_CONFIG = "/etc/afmetrics/afmetrics.conf"
@@ -85,7 +85,8 @@ COMMON_SETTINGS = [
     Setting("textfile_dir", "str", ""),
     Setting("spool_max_documents", "int", 100000),
     Setting("spool_max_age_hours", "number", 168.0),
-    Setting("batch_size", "int", 1),
+    Setting("batch_size", "int", 100),
+    Setting("batch_bytes", "int", 1000000),
     Setting("gzip", "bool", False),
     Setting("connections", "int", 10),
     Setting("obfuscate_users", "bool", False),

@@ -1,13 +1,16 @@
 """The state dir: small JSON files carried between runs (written atomically), per-collector locks, and the
 spool of documents that could not be delivered. write_atomically() serves any file a run replaces whole."""
+import calendar
 import collections
 import errno
 import fcntl
 import json
 import logging
 import os
+import re
 import time
 
+from afmetrics_delivery import endpoint_key
 from afmetrics_settings import UsageError
 
 FILE_MODE = 0o644
@@ -94,80 +97,180 @@ class StateDir:
         return handle
 
 
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+def this_boot():
+    """This boot's id, which the Linux kernel draws anew at every boot; "" where it has none."""
+    try:
+        with open(BOOT_ID, encoding="ascii") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+ISO_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
+
+
+def iso_timestamp(seconds):
+    """Unix seconds as the endpoint's date filter reads them: ISO8601 in UTC with milliseconds
+    (2026-12-07T04:30:00.123Z). Logstash's date filter with match ISO8601 refuses any value that is not a
+    string (logstash-plugins/logstash-filter-date, TextParserExecutor.java)."""
+    milliseconds = int(seconds * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(milliseconds // 1000)) + ".%03dZ" % (milliseconds % 1000)
+
+
+def spooled_timestamp(value):
+    """A spooled document's timestamp as iso_timestamp() writes it: kept when it is one, converted when it is
+    the integer of milliseconds that versions before 1.1 wrote; ValueError for anything else."""
+    if isinstance(value, str) and ISO_TIMESTAMP.match(value):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e14:
+        return iso_timestamp(value / 1000.0)
+    raise ValueError("not a timestamp")
+
+
+def newest_per_key(documents):
+    """documents (oldest first) without those that a later one replaces at the endpoint (the same
+    endpoint_key): sent in any order, an older snapshot of a job could land last and stay in the index."""
+    keys = [endpoint_key(document) for document in documents]
+    last = {key: number for number, key in enumerate(keys) if key is not None}
+    return [document for number, (document, key) in enumerate(zip(documents, keys))
+            if key is None or last[key] == number]
+
+
 class Spool:
     """Documents that could not be delivered, kept oldest first as JSON Lines in the state dir for the next run.
 
+    Each line is {"kept": seconds, "document": {...}}, after a first line {"clock": {"boot": ID, "uptime": S}}
+    saying when the file was written. A document's age is the time it has been kept as the kernel's boot
+    clock counts it, never the wall clock, which may have been far off when it was spooled (a reset RTC, no
+    NTP yet); across a reboot it counts from the boot, the time the node was down being unknown. Lines of
+    earlier versions (the document itself, its timestamp in milliseconds) are read too, aged by the clock.
+
     load() skips corrupt lines and documents older than spool_max_age_hours, and then needs_rewrite is set so
-    that the caller's save() removes them. save() keeps at most spool_max_documents: when there are more,
-    the oldest snapshots go first (is_snapshot(document) is True for what a later run sends again anyway:
-    queue totals, users, load), events (finished jobs, NETWORK deltas) only when nothing else is left.
-    dropped() counts what load() and save() threw away.
+    that the caller's save() removes them. save() keeps, of documents the endpoint keeps under one key (a
+    condor job), the newest alone, and at most spool_max_documents: when there are more, the oldest
+    snapshots go first (is_snapshot(document) is True for what a later run sends again anyway: queue totals,
+    users, load), events (finished jobs, NETWORK deltas) only when nothing else is left. dropped() counts what
+    load() and save() threw away; oldest() is when the oldest document kept was spooled (Unix seconds).
     """
 
     def __init__(self, state, name, opts, logger, is_snapshot):
         self.state, self.name, self.log, self.is_snapshot = state, "spool-%s.jsonl" % name, logger, is_snapshot
         self.max_documents = max(0, opts.spool_max_documents)
-        self.max_age_ms = opts.spool_max_age_hours * 3600 * 1000
+        self.max_age = opts.spool_max_age_hours * 3600
         self.needs_rewrite = False
         self.unreadable = None  # the OSError that kept load() from reading the file: save() must not replace it
         self._dropped_lines = 0
         # A run saves twice, the second time with what the first kept plus its own: a document dropped the
         # first time comes again and must count once (the caller holds every one of them meanwhile).
         self._dropped_documents = set()
+        self._kept = {}  # id(document) -> seconds it had been kept when loaded
+        self._loaded_at = self._clock()
+
+    @staticmethod
+    def _clock():
+        return {"boot": this_boot(), "uptime": time.clock_gettime(time.CLOCK_BOOTTIME)}
 
     def path(self):
         return self.state.file(self.name)
 
     def load(self):
-        cutoff = time.time() * 1000 - self.max_age_ms
         documents, corrupt, expired = [], 0, 0
+        since_saved = self._loaded_at["uptime"]  # a file of an earlier boot: kept at least since this boot began
         try:
             with open(self.path(), "rb") as handle:  # bytes: one bad byte spoils its line, not the file
                 for line in handle:
                     try:
-                        document = json.loads(line.decode("utf-8"))
+                        entry = json.loads(line.decode("utf-8"))
                     except ValueError:  # UnicodeDecodeError is one
-                        document = None
-                    if not (isinstance(document, dict) and isinstance(document.get("kind"), str)
-                            and isinstance(document.get("timestamp"), (int, float))):
+                        entry = None
+                    if isinstance(entry, dict) and isinstance(entry.get("clock"), dict):
+                        clock = entry["clock"]
+                        if clock.get("boot") == self._loaded_at["boot"] and isinstance(clock.get("uptime"), (int, float)):
+                            since_saved = max(0.0, self._loaded_at["uptime"] - clock["uptime"])
+                        continue
+                    document, kept = self._entry(entry)
+                    if document is None:
                         corrupt += 1
-                    elif document["timestamp"] < cutoff:
+                    elif kept is not None and kept + since_saved > self.max_age:
                         expired += 1
                     else:
                         documents.append(document)
+                        self._kept[id(document)] = None if kept is None else kept + since_saved
         except FileNotFoundError:
             pass
         except OSError as error:
             # Left as it is: what it holds is not ours to overwrite, so save() refuses and the state stays put.
             self.log.warning("spool %s is unreadable (%s): starting afresh", self.path(), error)
             self.unreadable = OSError(error.errno, error.strerror, self.path())
+        documents, expired = self._age_earlier_versions(documents, expired)
         if corrupt:
             self.log.warning("spool %s: %d corrupt line(s) dropped", self.path(), corrupt)
         if expired:
             self.log.warning("spool %s: %d document(s) older than %g hours dropped", self.path(), expired,
-                             self.max_age_ms / 3600000)
-        self.needs_rewrite = bool(corrupt or expired)
+                             self.max_age / 3600)
+        newest = newest_per_key(documents)
+        self.needs_rewrite = bool(corrupt or expired or len(newest) < len(documents))
         self._dropped_lines += corrupt + expired
-        return documents
+        return newest
+
+    @staticmethod
+    def _entry(entry):
+        """(document, seconds kept) of a spool line; kept None for a line of an earlier version (aged later by
+        its timestamp); (None, None) for a corrupt one."""
+        if isinstance(entry, dict) and "document" in entry:
+            document, kept = entry["document"], entry.get("kept")
+            if not isinstance(kept, (int, float)) or isinstance(kept, bool):
+                return None, None
+        else:
+            document, kept = entry, None
+        if not (isinstance(document, dict) and isinstance(document.get("kind"), str)):
+            return None, None
+        try:
+            return dict(document, timestamp=spooled_timestamp(document.get("timestamp"))), kept
+        except ValueError:
+            return None, None
+
+    def _age_earlier_versions(self, documents, expired):
+        """Documents of earlier versions' lines get the age their timestamps give (the only clock they have)."""
+        now, young = time.time(), []
+        for document in documents:
+            if self._kept[id(document)] is None:
+                collected = calendar.timegm(time.strptime(document["timestamp"][:19], "%Y-%m-%dT%H:%M:%S"))
+                self._kept[id(document)] = max(0.0, now - collected)
+                if self._kept[id(document)] > self.max_age:
+                    expired += 1
+                    continue
+            young.append(document)
+        return young, expired
 
     def save(self, documents):
-        """Replace the spool by documents (each with its timestamp), within the bounds, and return the documents
-        it kept; raises OSError, also when load() could not read the spool."""
+        """Replace the spool by documents (each with its timestamp; those not loaded are new), within the bounds,
+        and return the documents it kept; raises OSError, also when load() could not read the spool."""
         if self.unreadable:
             raise self.unreadable
-        cutoff = time.time() * 1000 - self.max_age_ms
-        kept = [document for document in documents if document["timestamp"] >= cutoff]
-        if len(kept) < len(documents):
-            self.log.warning("spool %s: %d undelivered document(s) older than %g hours dropped", self.path(),
-                             len(documents) - len(kept), self.max_age_ms / 3600000)
-        excess = len(kept) - self.max_documents
-        if excess > 0:
-            kept = self._drop_oldest(kept, excess)
-        self.state.write_text(self.name, "".join(json.dumps(document) + "\n" for document in kept))
+        newest = newest_per_key(documents)
+        kept = self._drop_oldest(newest, len(newest) - self.max_documents) if len(newest) > self.max_documents \
+            else newest
+        clock = self._clock()
+        elapsed = max(0.0, clock["uptime"] - self._loaded_at["uptime"])
+        lines = [json.dumps({"clock": clock})] + [
+            json.dumps({"kept": round(self._kept.get(id(document), 0.0) + elapsed, 3), "document": document})
+            for document in kept]
+        self.state.write_text(self.name, "\n".join(lines) + "\n" if kept else "")
         self.needs_rewrite = False
-        kept_ids = {id(document) for document in kept}
-        self._dropped_documents.update(id(document) for document in documents if id(document) not in kept_ids)
+        # A snapshot a newer one replaced is not lost: the newer one stands for it.
+        over_bound = {id(document) for document in newest} - {id(document) for document in kept}
+        self._dropped_documents.update(over_bound)
         return kept
+
+    def oldest(self, documents):
+        """When the oldest of documents (loaded or new) was spooled, in Unix seconds; None for none."""
+        if not documents:
+            return None
+        return time.time() - max(self._kept.get(id(document), 0.0) for document in documents)
 
     def dropped(self):
         """Documents and lines load() and save() threw away (corrupt, expired, over the bound)."""

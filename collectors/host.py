@@ -20,7 +20,6 @@ NAME = "host"
 SETTINGS = common.COLLECTOR_SETTINGS[NAME]
 NETWORK_STATE = "network.json"
 DISKSTATS_STATE = "diskstats.json"
-BOOT_ID = "/proc/sys/kernel/random/boot_id"
 ALL_INTERFACES = "all"  # no interface index: the total the baselines of earlier versions hold
 SECTOR_BYTES = 512  # /proc/diskstats counts 512-byte sectors whatever the device's sector size
 
@@ -113,15 +112,6 @@ def usable_baseline(run, name, fields, now, label):
     return stored
 
 
-def this_boot():
-    """This boot's id, which the Linux kernel draws anew at every boot; "" where it has none."""
-    try:
-        with open(BOOT_ID, encoding="ascii") as handle:
-            return handle.read().strip()
-    except OSError:
-        return ""
-
-
 def interface_counters():
     """{index: {"name", "sent", "received"}} of this network namespace's interfaces, by the kernel's interface
     index: a name made again (a container's veth, a VPN's tun) gets a new index, a renamed interface keeps its
@@ -181,7 +171,7 @@ def network_deltas(before, now):
 
 
 def network_document(run, node, now):
-    current = {"time": now, "boot": this_boot(), "interfaces": interface_counters()}
+    current = {"time": now, "boot": common.this_boot(), "interfaces": interface_counters()}
     previous = usable_baseline(run, NETWORK_STATE, ("interfaces", "counters"), now, "NETWORK: baseline")
     run.after_delivery.append(lambda: run.state.save(NETWORK_STATE, current))
     if previous is None:

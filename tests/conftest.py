@@ -45,6 +45,24 @@ def json_lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def spool_documents(path):
+    """The documents a spool file holds, oldest first (its clock line and each line's age left out)."""
+    return [entry.get("document", entry) for entry in json_lines(path) if "clock" not in entry]
+
+
+def write_spool(path, documents, age_seconds):
+    """A spool file as this version writes it, holding documents collected AGE_SECONDS ago (a millisecond apart,
+    in order); returns them as the spool holds them, each with its timestamp."""
+    from afmetrics_state import iso_timestamp, this_boot  # the format afmetrics_state.Spool's docstring gives
+
+    collected = time.time() - age_seconds
+    seeded = [dict(document, timestamp=iso_timestamp(collected + n / 1000.0)) for n, document in enumerate(documents)]
+    clock = {"boot": this_boot(), "uptime": time.clock_gettime(time.CLOCK_BOOTTIME)}
+    lines = [{"clock": clock}] + [{"kept": age_seconds, "document": document} for document in seeded]
+    pathlib.Path(path).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return seeded
+
+
 def capture(version, name, stream="stdout"):
     """A real HTCondor output from tests/htcondor-captures."""
     return (CAPTURES / version / ("%s.%s" % (name, stream))).read_text()
@@ -114,6 +132,8 @@ def batch_collector(system, script, receiver, run_collector, directory, token, c
     """run(*args, script=SCRIPT, state=None, env=None): the batch collector (or the umbrella) against a real batch
     system (condor_pool, slurm_cluster), delivering to the receiver; returns (CompletedProcess, the documents this
     run delivered, seconds it took)."""
+    receiver.tokens.add(token)
+
     def run(*args, script=script, state=None, env=None):
         before = len(receiver.documents)
         started = time.monotonic()
@@ -122,6 +142,14 @@ def batch_collector(system, script, receiver, run_collector, directory, token, c
                              env=env or system.environment(), cwd=directory)
         return done, receiver.documents[before:], time.monotonic() - started
     return run
+
+
+def indexed(receiver, documents):
+    """Whether the endpoint's index holds each of documents as it was sent, without its token, and nothing went
+    to its issues file."""
+    held = [{key: value for key, value in event.items() if not key.startswith("@")} for event in receiver.index]
+    return receiver.issues == [] and all({key: value for key, value in document.items() if key != "token"} in held
+                                         for document in documents)
 
 
 def of_kind(documents, kind):

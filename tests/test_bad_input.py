@@ -124,9 +124,9 @@ class HostRun(common.Run):
 @example(network={"time": "x", "counters": [1, 2]}, diskstats=None)
 @example(network={"time": time.time() - 60, "interfaces": {"1": {"name": "lo", "sent": "x", "received": 1}}},
          diskstats=None)
-@example(network={"time": time.time() - 60, "boot": host.this_boot(), "interfaces": {"1": {"name": 7}}},
+@example(network={"time": time.time() - 60, "boot": common.this_boot(), "interfaces": {"1": {"name": 7}}},
          diskstats=None)
-@example(network={"time": time.time() - 60, "boot": host.this_boot(), "interfaces": {"1": {
+@example(network={"time": time.time() - 60, "boot": common.this_boot(), "interfaces": {"1": {
     "name": "lo", "sent": 2 ** 70, "received": -1}}}, diskstats=None)
 @example(network={"time": time.time() - 60, "counters": {"lo": [1, 2]}}, diskstats=None)
 @example(network=None, diskstats={"time": 5, "devices": []})

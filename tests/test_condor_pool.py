@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import batch_collector, jobs_by_id_of_kind, log_lines, of_kind
+from conftest import batch_collector, indexed, jobs_by_id_of_kind, log_lines, of_kind
 
 pytestmark = pytest.mark.condor
 
@@ -102,13 +102,14 @@ def allocated(pool, constraint=""):
     return sum(ad.get("CpusProvisioned", 0) for ad in slots), sum(ad.get("MemoryProvisioned", 0) for ad in slots)
 
 
-def test_documents_equal_the_pool(condor_pool, job_mix, collect):
+def test_documents_equal_the_pool(condor_pool, job_mix, collect, receiver):
     before = condor_pool.jobs()
     done, documents, _ = collect(*QUEUES)
     after = condor_pool.jobs()
     history = condor_pool.history()
     assert done.returncode == 0, done.stderr
     assert all(doc["token"] == TOKEN and doc["cluster"] == CLUSTER for doc in documents)
+    assert indexed(receiver, documents)
     assert set(before) == set(after), "the queue changed during the run"
 
     queues = {doc["queue"]: doc for doc in of_kind(documents, "condorqueue")}
@@ -235,6 +236,28 @@ def test_each_ended_job_is_reported_once_across_runs(condor_pool, job_mix, colle
     assert last[long_job]["Runtime"] > 60
     grown = last[long_job]["Runtime"] - first[long_job]["Runtime"]
     assert abs(grown - (end - start)) <= 2, "Runtime grew %d s in %.1f s of wall time" % (grown, end - start)
+
+
+def test_jobs_seen_held_during_an_outage_then_finished_are_finished_in_the_index(condor_pool, job_mix, collect,
+                                                                                receiver, tmp_path):
+    """Six jobs held while the endpoint is down, then run to completion while it still is: once it is back, the
+    index (condorjob upserted by cluster-users-Id, the last write winning) says finished for each, because
+    the held snapshots were never sent at all."""
+    state = tmp_path / "outage-state"
+    jobs = condor_pool.submit("alice", "outage", {"executable": "/bin/true", "hold": "true"}, count=6)
+    condor_pool.wait_for("the jobs held", lambda queue: all(queue[job]["JobStatus"] == 5 for job in jobs))
+    receiver.answer_always(503)
+    assert collect(state=state)[0].returncode == 1
+    condor_pool.run("condor_release", *jobs, user="alice")
+    condor_pool.wait_in_history(jobs)
+    assert collect(state=state)[0].returncode == 1
+
+    receiver.restore()
+    done, _, _ = collect(state=state)
+    assert done.returncode == 0, done.stderr
+    sent = [(event["Id"], event["state"]) for event in receiver.documents if event.get("Id") in jobs]
+    assert sorted(sent) == [(job, "finished") for job in jobs]
+    assert sorted((event["Id"], event["state"]) for event in receiver.index if event.get("Id") in jobs) == sorted(sent)
 
 
 def assert_fails_within_timeout(collect):

@@ -12,7 +12,7 @@ import time
 import pytest
 
 import host
-from conftest import COLLECTORS, collector_environment, json_lines, log_lines, skip_or_fail
+from conftest import COLLECTORS, collector_environment, json_lines, log_lines, skip_or_fail, spool_documents
 
 TOKEN = "tok-host-5a1e"
 
@@ -156,8 +156,9 @@ class NetworkNamespace:
         self.send(traffic_bytes, names[0])
 
     def send(self, traffic_bytes, name="veth-a"):
-        """Raw broadcast frames of 1500 bytes out of interface NAME: sent there, received on its peer."""
-        self.run(sys.executable, "-c", SEND_FRAMES, name, traffic_bytes // 1500)
+        """TRAFFIC_BYTES in raw broadcast frames of 1500 bytes (the last one shorter) out of interface NAME: sent
+        there, received on its peer."""
+        self.run(sys.executable, "-c", SEND_FRAMES, name, traffic_bytes)
 
     def delete(self, name="veth-a"):
         self.run("ip", "link", "delete", name)  # a veth's peer goes with it
@@ -176,10 +177,11 @@ class NetworkNamespace:
 
 SEND_FRAMES = """import socket, sys
 frame = b"\\xff" * 6 + b"\\x02\\x00\\x00\\x00\\x00\\x01" + b"\\x88\\xb5"  # broadcast, a local experimental type
+frames, rest = divmod(int(sys.argv[2]), 1500)
 with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as raw:
     raw.bind((sys.argv[1], 0))
-    for _ in range(int(sys.argv[2])):
-        raw.send(frame + b"x" * (1500 - len(frame)))
+    for size in [1500] * frames + ([rest] if rest else []):
+        raw.send(frame + b"x" * (size - len(frame)))
 """
 
 
@@ -203,7 +205,7 @@ SMALL = 100 * 1000  # what else lo carries between two runs: their attempts to r
 
 def network_of(state):
     """The NETWORK figures of the spooled documents, in the order of the runs."""
-    return [document["network"] for document in json_lines(state / "spool-host.jsonl")
+    return [document["network"] for document in spool_documents(state / "spool-host.jsonl")
             if document["kind"] == "NETWORK"]
 
 

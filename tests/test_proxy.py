@@ -11,7 +11,7 @@ import requests
 import trustme
 
 import afmetrics_delivery
-from conftest import json_lines, log_lines
+from conftest import log_lines, spool_documents
 from proxy import PASSWORD, USER, free_port
 
 TOKEN = "tok-proxy-5e21b9"
@@ -172,7 +172,7 @@ def test_tls_is_verified_end_to_end_through_the_proxy(run_collector, receiver, s
     assert errors(done) == ["ERROR:ssh:1 document(s) not delivered (TLS verification of %s failed through proxy "
                             "%s (from HTTPS_PROXY)): kept for the next run" % (receiver.url, tinyproxy.url)]
     assert receiver.documents == []
-    assert [d["users"] for d in json_lines(tmp_path / "state" / "spool-ssh.jsonl")] == [["alice", "bob"]]
+    assert [d["users"] for d in spool_documents(tmp_path / "state" / "spool-ssh.jsonl")] == [["alice", "bob"]]
 
 
 def test_documents_go_through_an_https_proxy(run_collector, receiver, sessions, tinyproxy, start_https_proxy,
@@ -197,7 +197,7 @@ def test_https_proxy_with_a_certificate_from_another_ca_is_refused(run_collector
     assert tinyproxy.connects() == []  # nothing reached the proxy itself
     assert errors(done) == ["ERROR:ssh:1 document(s) not delivered (TLS verification of the https:// proxy %s "
                             "(from HTTPS_PROXY) failed): kept for the next run" % proxy.url]
-    assert [d["users"] for d in json_lines(tmp_path / "state" / "spool-ssh.jsonl")] == [["alice", "bob"]]
+    assert [d["users"] for d in spool_documents(tmp_path / "state" / "spool-ssh.jsonl")] == [["alice", "bob"]]
 
 
 @pytest.mark.parametrize("fault", ["down", "refuses CONNECT", "wrong credentials"])
@@ -223,7 +223,7 @@ def test_failing_proxy_is_one_line_and_keeps_the_documents(run_collector, receiv
                             "http://127.0.0.1:%d (from HTTPS_PROXY): %s): kept for the next run"
                             % (receiver.url, port, reason)]
     assert receiver.documents == []
-    assert [d["users"] for d in json_lines(tmp_path / "state" / "spool-ssh.jsonl")] == [["alice", "bob"]]
+    assert [d["users"] for d in spool_documents(tmp_path / "state" / "spool-ssh.jsonl")] == [["alice", "bob"]]
     secrets = [TOKEN, PASSWORD, PASSWORD.replace("-", "%2D"), "%s:" % USER,
                base64.b64encode(("%s:%s" % (USER, PASSWORD)).encode()).decode()]
     assert not [secret for secret in secrets if secret in done.stderr]

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import batch_collector, jobs_by_id_of_kind, log_lines, of_kind
+from conftest import batch_collector, indexed, jobs_by_id_of_kind, log_lines, of_kind
 from slurm_cluster import FINAL_STATES, expand
 
 pytestmark = pytest.mark.slurm
@@ -142,13 +142,14 @@ def finished_in_sacct(cluster):
     return finished
 
 
-def test_documents_equal_the_cluster(slurm_cluster, job_mix, collect):
+def test_documents_equal_the_cluster(slurm_cluster, job_mix, collect, receiver):
     before = slurm_cluster.queue()
     done, documents, _ = collect(*QUEUES)
     after = slurm_cluster.queue()
     finished = finished_in_sacct(slurm_cluster)
     assert done.returncode == 0, done.stderr
     assert all(doc["token"] == TOKEN and doc["cluster"] == CLUSTER for doc in documents)
+    assert indexed(receiver, documents)
     assert set(before) == set(after), "the queue changed during the run"
     assert {job: record["JobState"] for job, record in before.items()} == \
         {job: record["JobState"] for job, record in after.items()}

@@ -22,7 +22,7 @@ import condor
 import host
 import ssh
 import utmp
-from conftest import COLLECTORS, collector_environment, json_lines, log_lines, skip_or_fail
+from conftest import COLLECTORS, collector_environment, json_lines, log_lines, skip_or_fail, spool_documents, write_spool
 
 TOKEN = "tok-71c0be3d95"
 AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
@@ -122,7 +122,7 @@ def test_history_watermark_moves_only_once_the_jobs_are_delivered_or_spooled(rec
     (tmp_path / "spool-condor.jsonl").rmdir()
     assert run_in_process(condor, opts) == common.EXIT_FAILED
     assert (tmp_path / condor.WATERMARK_STATE).exists()
-    assert [job["Id"] for job in json_lines(tmp_path / "spool-condor.jsonl")] == ["7.0"]
+    assert [job["Id"] for job in spool_documents(tmp_path / "spool-condor.jsonl")] == ["7.0"]
 
     receiver.restore()
     assert run_in_process(condor, opts) == common.EXIT_OK
@@ -145,20 +145,17 @@ def test_documents_yielded_before_a_source_failed_are_delivered_or_kept(receiver
     opts = in_process_options(receiver, tmp_path)
     receiver.answer_always(401)
     assert run_in_process(YieldsThenFails, opts) == common.EXIT_FAILED
-    assert [d["kind"] for d in json_lines(tmp_path / "spool-partial.jsonl")] == ["CPU", "MEM"]
+    assert [d["kind"] for d in spool_documents(tmp_path / "spool-partial.jsonl")] == ["CPU", "MEM"]
 
     receiver.restore()
     assert run_in_process(YieldsThenFails, opts) == common.EXIT_FAILED  # the source still fails
     assert sorted(d["kind"] for d in receiver.documents) == ["CPU", "CPU", "MEM", "MEM"]  # the spool's, its own
-    assert json_lines(tmp_path / "spool-partial.jsonl") == []
+    assert spool_documents(tmp_path / "spool-partial.jsonl") == []
 
 
 def seed_spool(state, name, documents, age_seconds=60):
     state.mkdir(exist_ok=True)
-    collected_ms = int((time.time() - age_seconds) * 1000)
-    seeded = [dict(document, timestamp=collected_ms + n) for n, document in enumerate(documents)]
-    (state / ("spool-%s.jsonl" % name)).write_text("".join(json.dumps(d) + "\n" for d in seeded))
-    return seeded
+    return write_spool(state / ("spool-%s.jsonl" % name), documents, age_seconds)
 
 
 def malformed_kubeconfig(directory):
@@ -188,7 +185,7 @@ def test_spool_is_sent_once_while_the_source_keeps_failing(name, failing_source,
         assert error.startswith("ERROR:%s:" % name), error
     # Sent once each; over several connections in any order.
     assert sorted(receiver.documents, key=json.dumps) == sorted((dict(d, token=TOKEN) for d in seeded), key=json.dumps)
-    assert json_lines(state / ("spool-%s.jsonl" % name)) == []
+    assert spool_documents(state / ("spool-%s.jsonl" % name)) == []
 
 
 def state_files(state):
@@ -203,7 +200,7 @@ def test_debug_run_changes_nothing_a_real_run_will_send(run_collector, receiver,
     receiver.answer_always(401)
     assert run_collector(*args, *receiver.args(), env=env, cwd=tmp_path).returncode == 1  # documents spooled
     receiver.restore()
-    before, spooled = state_files(state), json_lines(state / "spool-host.jsonl")
+    before, spooled = state_files(state), spool_documents(state / "spool-host.jsonl")
     network_before, requests_before = json.loads(before["network.json"]), len(receiver.requests)
 
     debug = run_collector(*args, "-d", env=env, cwd=tmp_path)
@@ -231,7 +228,7 @@ def test_full_spool_drops_snapshots_before_events(run_collector, receiver, tmp_p
                          env={"AFMETRICS_TOKEN": TOKEN, "AFMETRICS_SPOOL_MAX_DOCUMENTS": "3"}, cwd=tmp_path)
     assert done.returncode == 1
     # This run made CPU, MEM and DISK (no NETWORK: its first baseline): the two oldest snapshots go.
-    kept = json_lines(state / "spool-host.jsonl")
+    kept = spool_documents(state / "spool-host.jsonl")
     assert kept[:2] == events and [d["kind"] for d in kept[2:]] == ["DISK"]
     assert "WARNING:host:spool %s full (3 documents): dropped the oldest 2 snapshot(s) a later run sends again: " \
            "CPU x1, MEM x1" % (state / "spool-host.jsonl") in log_lines(done.stderr)
@@ -249,7 +246,7 @@ def test_corrupt_and_expired_spool_lines_are_removed_not_warned_about_every_run(
     assert [line for line in log_lines(first.stderr) if line.startswith("WARNING")] == [
         "WARNING:ssh:spool %s: 1 corrupt line(s) dropped" % spool,
         "WARNING:ssh:spool %s: 1 document(s) older than 168 hours dropped" % spool]
-    assert json_lines(spool) == []
+    assert spool_documents(spool) == []
 
     second = run_collector(*args, env={"AFMETRICS_TOKEN": TOKEN}, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
