@@ -311,17 +311,17 @@ def run_collectors(modules, opts, started):
     """Run each collector in turn; one failing never stops the others. Returns the exit status."""
     if not opts.debug and not opts.token:
         raise UsageError("no token: set token in the config file, AFMETRICS_TOKEN or -t (or use -d)")
+    deadline = started + opts.run_budget
     users = UserFilter(opts, log)  # first: a bad user_hash is a usage error before anything is written
+    delivery = None if opts.debug else Delivery(opts, deadline)  # an unusable proxy URL is one too
     if not opts.debug:
         StateDir(opts.state_dir, log).prepare()
-    deadline = started + opts.run_budget
     # The wait counts against the run budget (splay < run_budget), so that it never pushes a run into the next
     # one. A person at a terminal does not wait, nor does a debug run.
     if opts.splay and not opts.debug and not (sys.stdin and sys.stdin.isatty()):
         delay = splay_delay(host_name(), opts.splay)
         log.info("splay: starting in %.1f s", delay)
         time.sleep(delay)
-    delivery = None if opts.debug else Delivery(opts, deadline)
     return max(collect_and_deliver(module, opts, users, delivery, deadline) for module in modules)
 
 
