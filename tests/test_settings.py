@@ -291,7 +291,7 @@ def test_a_secret_on_the_command_line_warns_without_showing_it(argv, secrets, ru
     assert TOKEN not in done.stdout + done.stderr and SALT not in done.stdout + done.stderr
 
 
-# A proxy URL with a password, in the forms requests reads (no scheme is http://), percent-encoded or not, usable or not.
+# A proxy URL's password, in the forms requests reads: with a scheme or not, percent-encoded, after a user with an @.
 PROXY_PASSWORD = "pw-5e7a"
 
 
