@@ -1,6 +1,7 @@
 """Runs and state: every collector works as nobody with only its state dir, log dir and working dir writable;
 state (the NETWORK baseline, the history watermark) only moves once its documents are delivered or spooled."""
 import argparse
+import fcntl
 import json
 import math
 import os
@@ -439,3 +440,10 @@ def test_the_temporary_file_of_a_run_killed_while_it_wrote_is_swept(run_collecto
         alive.kill()
         alive.wait()
     assert "INFO:host:removed 1 temporary file(s) that killed runs left: %s" % left_behind in log_lines(done.stderr)
+
+
+def test_a_lock_is_held_through_a_descriptor_open_for_writing(tmp_path):
+    # On NFS, flock is a POSIX lock on the server, and an exclusive one on a read-only descriptor fails with EBADF
+    # (flock(2), NOTES). This kernel has no NFS client to show it: the access mode stands in for it.
+    with afmetrics_state.StateDir(str(tmp_path), common.log).try_lock("host") as lock:
+        assert fcntl.fcntl(lock, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR
