@@ -194,6 +194,7 @@ def collect_and_deliver(module, opts, users, delivery, deadline):
         run.log.warning("previous %s run still going: this run skipped", module.NAME)
         return EXIT_OK
     with lock:
+        run.state.sweep_temporaries()
         started = time.time(), time.monotonic()
         with LastError() as last_error:
             delivered = deliver_with_spool(run, collection, delivery, replaced_by_next_run(module))
@@ -228,7 +229,14 @@ def keep_record(run, started, status, collection, delivered, last_error):
         return EXIT_FAILED
     if run.opts.textfile_dir:
         try:
-            with run.state.try_lock("textfile", wait=True):  # two collectors' runs must not lose each other's
+            # Two collectors' runs must not lose each other's records; a run that holds the lock for longer than
+            # this one's budget must not keep it (and its own lock, and the next cron runs) waiting.
+            lock = run.state.try_lock("textfile", until=run.deadline)
+            if lock is None:
+                run.log.error("cannot write the node_exporter textfile: another run held its lock until the run "
+                              "budget of %g s was used up", run.opts.run_budget)
+                return status
+            with lock:
                 records = {name: load_record(run.state, name) for name in recorded_collectors(run.state)}
                 write_textfile(run.opts.textfile_dir, {name: value for name, value in records.items() if value})
         except OSError as error:
@@ -330,17 +338,17 @@ def run_collectors(modules, opts, started):
     """Run each collector in turn; one failing never stops the others. Returns the exit status."""
     if not opts.debug and not opts.token:
         raise UsageError("no token: set token in the config file, AFMETRICS_TOKEN or -t (or use -d)")
+    deadline = started + opts.run_budget
     users = UserFilter(opts, log)  # first: a bad user_hash is a usage error before anything is written
+    delivery = None if opts.debug else Delivery(opts, deadline)  # an unusable proxy URL is one too
     if not opts.debug:
         StateDir(opts.state_dir, log).prepare()
-    deadline = started + opts.run_budget
     # The wait counts against the run budget (splay < run_budget), so that it never pushes a run into the next
     # one. A person at a terminal does not wait, nor does a debug run.
     if opts.splay and not opts.debug and not (sys.stdin and sys.stdin.isatty()):
         delay = splay_delay(host_name(), opts.splay)
         log.info("splay: starting in %.1f s", delay)
         time.sleep(delay)
-    delivery = None if opts.debug else Delivery(opts, deadline)
     return max(collect_and_deliver(module, opts, users, delivery, deadline) for module in modules)
 
 

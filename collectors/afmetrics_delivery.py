@@ -20,7 +20,7 @@ import threading
 import time
 import urllib.parse
 
-from afmetrics_settings import UsageError
+from afmetrics_settings import UsageError, split_url
 
 log = logging.getLogger("afmetrics")
 
@@ -120,12 +120,9 @@ def parse_proxy(value, origin):
     """The Route through the proxy value names; a UsageError (never showing its credentials) when it cannot
     be one. As requests does: no scheme means http://; user:password@ (percent-encoded) is sent as Basic
     Proxy-Authorization."""
-    from urllib3.exceptions import LocationParseError
-    from urllib3.util import parse_url
-
     try:
-        parts = parse_url(value.strip())
-    except LocationParseError:
+        parts = split_url(value.strip())
+    except ValueError:
         raise UsageError("%s is not a proxy URL (http://HOST:PORT)" % origin)
     scheme = (parts.scheme or "http").lower()
     shown = "%s://%s%s" % (scheme, parts.host or "", ":%d" % parts.port if parts.port else "")

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import re
+import urllib.parse
 
 __version__ = "1.1.0"
 
@@ -291,12 +292,30 @@ def command_line_value(setting, given):
     return given
 
 
+def split_url(url):
+    """urllib3's parts of url (what delivery sends to), once every library delivery hands it to can split it
+    (urllib3 sends, urllib.parse and requests choose the proxy) and its port, when given, is 1-65535; else a
+    ValueError saying why."""
+    from urllib3.util import parse_url  # here: debug runs never load urllib3
+
+    if urllib.parse.urlsplit(url).port == 0:  # a port urlsplit cannot read raises its own ValueError here
+        raise ValueError("Port out of range 1-65535")
+    return parse_url(url)  # LocationParseError is a ValueError
+
+
 def check_url(url):
-    """An endpoint URL delivery can use: https:// (http:// with a warning: the token would travel in clear);
-    anything else, af.atlas-ml.org without its scheme above all, is a UsageError."""
+    """An endpoint URL delivery can use: https:// (http:// with a warning: the token would travel in clear)
+    with a host and a port it can split; anything else, af.atlas-ml.org without its scheme above all, is a
+    UsageError."""
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     if scheme not in ("https", "http"):
         raise UsageError("url %s: give the endpoint as https://HOST/..." % url)
+    try:
+        host = split_url(url).host
+    except ValueError as error:
+        raise UsageError("url %s: %s" % (url, error))
+    if not host:
+        raise UsageError("url %s: no host in it: give the endpoint as https://HOST/..." % url)
     if scheme == "http":
         log.warning("url %s is plain http: the token and the documents travel unencrypted", url)
 
@@ -335,6 +354,8 @@ def resolve_settings(parser, settings, argv=None):
     # What argparse itself took from the command line, bundles (-dtTOKEN) and abbreviations (--tok=) included.
     args.command_line_secrets = [setting.name for setting in settings
                                  if setting.kind == "secret" and getattr(args, setting.name, None) is not None]
+    if has_password(getattr(args, "proxy", None) or ""):
+        args.command_line_secrets.append("proxy")
     for setting in settings:
         given = getattr(args, setting.name, None)
         setattr(args, setting.name, configured_value(setting, config_path, file_values) if given is None
@@ -352,9 +373,20 @@ def resolve_settings(parser, settings, argv=None):
     return args
 
 
+def has_password(url):
+    """True when url's userinfo holds a password (user:password@, as a proxy URL may): the authority ends at the
+    first / ? or #, its userinfo at the last @ (RFC 3986 3.2); with or without a scheme, valid or not."""
+    authority = re.split(r"[/?#]", url.split("://", 1)[-1], maxsplit=1)[0]
+    return ":" in authority.rpartition("@")[0]
+
+
+# What of a setting given on the command line is the secret, when not the whole of it.
+SECRET_PART = {"proxy": "proxy password"}
+
+
 def warn_about_visible_secrets(opts):
-    """The seed documents -t and -z, but a command line is readable by every user through ps: warn, naming
-    the setting and never its value."""
+    """The seed documents -t and -z, and --help allows a proxy's user:password@, but a command line is readable
+    by every user through ps: warn, naming the setting and never its value."""
     for name in opts.command_line_secrets:
         log.warning("the %s was given on the command line, which every user sees in ps: "
-                    "put it in the config file or AFMETRICS_%s instead", name, name.upper())
+                    "put it in the config file or AFMETRICS_%s instead", SECRET_PART.get(name, name), name.upper())

@@ -16,6 +16,11 @@ from afmetrics_settings import UsageError
 FILE_MODE = 0o644
 # Readable by all: --status runs as a monitoring agent's user. Writable by the run user alone.
 DIR_MODE = 0o755
+# The locks: the run user's alone (StateDir.lock_directory says why).
+LOCK_DIR, LOCK_DIR_MODE, LOCK_MODE = "locks", 0o700, 0o600
+LOCK_POLL_SECONDS = 0.1
+# write_atomically's temporary files: TARGET.PID.tmp
+TEMPORARY_FILE = re.compile(r"^.+\.(\d+)\.tmp$")
 
 
 def write_atomically(target, text):
@@ -76,25 +81,111 @@ class StateDir:
     def write_text(self, name, text):
         write_atomically(self.file(name), text)
 
-    def try_lock(self, name, wait=False):
-        """An open, flock-ed file kept for the run, or None when a previous run still holds it (with wait:
-        once it lets go); OSError when the lock file cannot be opened (a directory in the way). Read-only:
-        flock needs no more, and a lock file another user made (a hand run as root) is still readable."""
-        path = self.file(name + ".lock")
+    def lock_directory(self):
+        """An open descriptor of the state dir's locks directory, made when missing (OSError naming it when it
+        cannot be): the run user's alone. flock needs no more than an open descriptor, so whoever can open a
+        lock file can hold it and stop the collector; here no other user can, not even through a lock file an
+        older version left readable by all in the state dir, nor one that a descriptor opened back then keeps."""
+        path = self.file(LOCK_DIR)
         try:
-            handle = open(os.open(path, os.O_RDONLY | os.O_CREAT, FILE_MODE))
+            try:
+                os.mkdir(path, LOCK_DIR_MODE)
+                created = True
+            except FileExistsError:
+                created = False
+            descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as error:
             raise OSError(error.errno, error.strerror, path)
-        if os.fstat(handle.fileno()).st_uid == os.geteuid():
-            os.fchmod(handle.fileno(), FILE_MODE)  # the umask must not make it another user's to open
+        if created:
+            self._give_to_owner(descriptor)
+        return descriptor
+
+    def try_lock(self, name, until=None):
+        """An open, flock-ed file kept for the run, or None when another run holds it: at once, or with until (a
+        time.monotonic() deadline) when it held it until then; OSError naming the lock file when it cannot be
+        opened (a directory in the way). Opened for writing: flock on NFS is a POSIX lock on the server, and an
+        exclusive one needs a descriptor open for writing (EBADF otherwise: flock(2), NOTES)."""
+        directory = self.lock_directory()
+        path = os.path.join(self.file(LOCK_DIR), name + ".lock")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            handle = open(self._open_lock_file(directory, name + ".lock"), "rb")
         except OSError as error:
-            handle.close()
-            if error.errno in (errno.EAGAIN, errno.EACCES):
+            raise OSError(error.errno, error.strerror, path)
+        finally:
+            os.close(directory)
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return handle
+            except OSError as error:
+                if error.errno not in (errno.EAGAIN, errno.EACCES):
+                    handle.close()
+                    raise OSError(error.errno, error.strerror, path)
+            left = -1 if until is None else until - time.monotonic()
+            if left <= 0:
+                handle.close()
                 return None
-            raise
-        return handle
+            time.sleep(min(LOCK_POLL_SECONDS, left))
+
+    def _open_lock_file(self, directory, name):
+        """A descriptor of the lock file name in directory, open for reading and writing; made when missing,
+        owner only. Never through a symbolic link, and a root run gives only a file it made itself to the state
+        dir's owner: a link the owner put there must not make root hand it a file of root's."""
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+        while True:
+            try:
+                return os.open(name, flags, dir_fd=directory)
+            except FileNotFoundError:
+                pass
+            try:
+                descriptor = os.open(name, flags | os.O_CREAT | os.O_EXCL, LOCK_MODE, dir_fd=directory)
+            except FileExistsError:
+                continue  # another run made it meanwhile: open that one
+            self._give_to_owner(descriptor)
+            return descriptor
+
+    def _give_to_owner(self, descriptor):
+        """What a root run (by hand) makes for the locks goes to the state dir's owner, whose cron runs must open
+        it for writing."""
+        owner = os.stat(self.path)
+        if os.geteuid() == 0 and owner.st_uid != 0:
+            os.fchown(descriptor, owner.st_uid, owner.st_gid)
+
+    def sweep_temporaries(self):
+        """Remove what runs killed while they replaced a file (write_atomically's NAME.PID.tmp) left in the state
+        dir: the files of processes that are gone (up to a whole spool each; nothing else would ever remove them).
+        Called holding the collector's lock: no run of it can be writing meanwhile, whatever became of pids."""
+        try:
+            names = os.listdir(self.path)
+        except OSError as error:
+            self.log.warning("cannot list state dir %s: %s", self.path, error.strerror)
+            return
+        swept = []
+        for name in names:
+            match = TEMPORARY_FILE.match(name)
+            if not match or process_alive(int(match.group(1))):
+                continue
+            try:
+                os.unlink(self.file(name))
+                swept.append(name)
+            except FileNotFoundError:
+                pass  # another collector's run swept it meanwhile
+            except OSError as error:
+                self.log.warning("cannot remove %s, left by a killed run: %s", self.file(name), error.strerror)
+        if swept:
+            self.log.info("removed %d temporary file(s) that killed runs left: %s", len(swept),
+                          ", ".join(sorted(swept)))
+
+
+def process_alive(pid):
+    """True when a process pid is running, another user's too (and pid 0, our process group: never swept)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # OverflowError: no process has such a pid
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"

@@ -194,6 +194,22 @@ def test_budget_and_timeout_must_be_finite_and_positive(line, monkeypatch, tmp_p
         resolve_with_config("[afmetrics]\n%s\n" % line, str(tmp_path))
 
 
+@pytest.mark.parametrize("url, why", [
+    ("https://[2001:db8::10/", "Invalid IPv6 URL"),
+    ("https://af.example.org:99999/", "Port out of range 0-65535"),
+    ("https://af.example.org:0/", "Port out of range 1-65535"),
+    ("https://af.example.org:x/", "Port could not be cast to integer value as 'x'"),
+    ("https://af example.org/", "Failed to parse: Host 'af example.org' contains invalid character ' '"),
+    ("https:///", "no host in it: give the endpoint as https://HOST/..."),
+])
+def test_a_url_delivery_cannot_split_is_one_usage_error_line(url, why, run_collector, tmp_path):
+    done = run_collector("host.py", "--disk", "/", "-u", url, "--state-dir", tmp_path / "state",
+                         env={"AFMETRICS_TOKEN": "tok-url"}, cwd=tmp_path)
+    assert done.returncode == 2
+    assert log_lines(done.stderr) == ["ERROR:afmetrics:url %s: %s" % (url, why)]
+    assert not (tmp_path / "state").exists()  # up front: nothing was collected, sent or spooled
+
+
 def test_condor_q_of_100000_jobs_parses(tmp_path):
     queue = "".join("user%d %d 0 10.0 100 200 2 1 2048\n" % (job % 500, job) for job in range(100000))
     documents = collect_condor(queue, "", str(tmp_path))

@@ -291,12 +291,33 @@ def test_a_secret_on_the_command_line_warns_without_showing_it(argv, secrets, ru
     assert TOKEN not in done.stdout + done.stderr and SALT not in done.stdout + done.stderr
 
 
+# A proxy URL's password, in the forms requests reads: with a scheme or not, percent-encoded, after a user with an @.
+PROXY_PASSWORD = "pw-5e7a"
+
+
+@pytest.mark.parametrize("proxy", ["http://alice:%s@proxy.example.org:3128" % PROXY_PASSWORD,
+                                   "alice:%s@proxy.example.org:3128" % PROXY_PASSWORD,
+                                   "https://alice:%s@proxy.example.org/" % PROXY_PASSWORD.replace("-", "%2D"),
+                                   "http://al@ice:%s@proxy.example.org:3128" % PROXY_PASSWORD])
+def test_a_proxy_password_on_the_command_line_warns_without_showing_it(proxy, run_collector, tmp_path):
+    done = run_collector("host.py", "-d", "--disk", "/", "--state-dir", tmp_path / "state", "--proxy", proxy,
+                         cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert [line for line in log_lines(done.stderr) if "every user sees in ps" in line] == [
+        "WARNING:afmetrics:the proxy password was given on the command line, which every user sees in ps: put it "
+        "in the config file or AFMETRICS_PROXY instead"]
+    assert PROXY_PASSWORD not in done.stderr
+
+
 def test_secrets_from_the_file_or_the_environment_do_not_warn(run_collector, tmp_path):
     config = write_config(tmp_path / "a.conf", "token = %s\n" % TOKEN)
-    done = run_collector("host.py", "-d", "--disk", "/", "--config", config, "--state-dir", tmp_path / "state",
-                         "--cluster=-t-is-no-flag", env={"AFMETRICS_SALT": SALT}, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert "every user sees in ps" not in done.stderr
+    with_password = "http://alice:%s@proxy.example.org:3128" % PROXY_PASSWORD
+    for proxy_options in ([], ["--proxy", "http://alice@proxy.example.org:3128/a:b@c"]):
+        done = run_collector("host.py", "-d", "--disk", "/", "--config", config, "--state-dir", tmp_path / "state",
+                             "--cluster=-t-is-no-flag", *proxy_options,
+                             env={"AFMETRICS_SALT": SALT, "AFMETRICS_PROXY": with_password}, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert "every user sees in ps" not in done.stderr
 
 
 @pytest.mark.parametrize("bundle", ["-vt" + TOKEN, "-St" + TOKEN, "-dSt"])

@@ -1,6 +1,7 @@
 """Runs and state: every collector works as nobody with only its state dir, log dir and working dir writable;
 state (the NETWORK baseline, the history watermark) only moves once its documents are delivered or spooled."""
 import argparse
+import fcntl
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import afmetrics_common as common
 import afmetrics_delivery
 import afmetrics_privacy
 import afmetrics_settings
+import afmetrics_state
 import condor
 import host
 import ssh
@@ -189,7 +191,7 @@ def test_spool_is_sent_once_while_the_source_keeps_failing(name, failing_source,
 
 
 def state_files(state):
-    return {path.name: path.read_bytes() for path in state.iterdir()}
+    return {str(path.relative_to(state)): path.read_bytes() for path in state.rglob("*") if path.is_file()}
 
 
 def test_debug_run_changes_nothing_a_real_run_will_send(run_collector, receiver, sessions, tmp_path):
@@ -305,12 +307,12 @@ def test_a_hand_run_as_root_leaves_a_state_dir_the_run_users_cron_runs_can_use(n
 def test_a_lock_that_cannot_be_opened_is_one_line_and_the_next_collector_runs(run_collector, receiver, sessions,
                                                                               tmp_path):
     state = tmp_path / "state"
-    (state / "ssh.lock").mkdir(parents=True)
+    (state / "locks" / "ssh.lock").mkdir(parents=True)
     done = run_collector("afmetrics_collector", "-s", "--host", "--disk", "/", "--utmp", sessions,
                          "--state-dir", state, *receiver.args(), env={"AFMETRICS_TOKEN": TOKEN}, cwd=tmp_path)
     assert done.returncode == 1
     assert [line for line in log_lines(done.stderr) if line.startswith("ERROR")] == [
-        "ERROR:ssh:cannot lock: Is a directory: %s" % (state / "ssh.lock")]
+        "ERROR:ssh:cannot lock: Is a directory: %s" % (state / "locks" / "ssh.lock")]
     assert receiver.kinds() == ["CPU", "DISK", "MEM"]
 
 
@@ -338,3 +340,107 @@ def test_a_debug_file_that_cannot_be_written_is_one_line(run_collector, tmp_path
     done = run_collector("host.py", "-d", "--disk", "/", cwd=tmp_path)
     assert done.returncode == 1
     assert log_lines(done.stderr) == ["ERROR:host:cannot write the debug file: Is a directory: host.json"]
+
+
+# Run as another user: holds every file of its arguments it can open, read-only or not, with flock; prints how
+# many, then keeps them until its stdin closes.
+HOLD_EVERY_LOCK = """
+import fcntl, os, sys
+held = 0
+for path in sys.argv[1:]:
+    for flags in (os.O_RDWR, os.O_RDONLY):
+        try:
+            fcntl.flock(os.open(path, flags), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue
+        held += 1
+        break
+print(held, flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("held", ["every file", "the textfile lock"])
+def test_no_other_user_can_take_a_collectors_lock(held, nobody_home, receiver, run_collector):
+    state, textfiles = (pathlib.Path(nobody_home, name) for name in ("state", "textfile"))
+    textfiles.mkdir()
+    command = ["host.py", "--disk", "/", "--state-dir", state, "--textfile-dir", textfiles, *receiver.args()]
+
+    def run(*args):
+        return run_collector(*args, env={"AFMETRICS_TOKEN": TOKEN}, cwd=nobody_home, timeout=60)
+
+    assert run(*command).returncode == 0  # the state dir, its records and locks as a run leaves them
+    files = [str(path) for path in state.rglob("*") if path.is_file() and (held == "every file"
+                                                                            or "textfile" in path.name)]
+    holder = subprocess.Popen(AS_NOBODY + [sys.executable, "-c", HOLD_EVERY_LOCK] + files, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        holder.stdout.readline()  # it holds all it could
+        receiver.documents.clear()
+        (textfiles / "afmetrics.prom").unlink()
+        done = run(*command)
+    finally:
+        holder.stdin.close()
+        holder.wait(30)
+    assert done.returncode == 0, done.stderr
+    assert [line for line in log_lines(done.stderr) if not line.startswith("INFO")] == []
+    assert sorted(receiver.kinds()) == ["CPU", "DISK", "MEM", "NETWORK"]
+    assert "afmetrics_last_run_exit_status" in (textfiles / "afmetrics.prom").read_text()  # written again
+
+
+def test_a_textfile_lock_held_past_the_run_budget_is_one_error_line_not_a_wait(run_collector, receiver, tmp_path):
+    state, textfiles = tmp_path / "state", tmp_path / "textfile"
+    textfiles.mkdir()
+    state.mkdir()
+    # Another collector's run, stopped while it writes the textfile.
+    with afmetrics_state.StateDir(str(state), common.log).try_lock("textfile"):
+        done = run_collector("host.py", "--disk", "/", "--state-dir", state, "--textfile-dir", textfiles,
+                             "--run-budget", "10", *receiver.args(), env={"AFMETRICS_TOKEN": TOKEN}, cwd=tmp_path,
+                             timeout=60)
+    assert done.returncode == 0, done.stderr  # everything was delivered: the textfile is no part of the exit status
+    assert log_lines(done.stderr) == ["ERROR:host:cannot write the node_exporter textfile: another run held its lock "
+                                      "until the run budget of 10 s was used up"]
+    assert json.loads((state / "last-run-host.json").read_text())["exit_status"] == 0
+    assert not (textfiles / "afmetrics.prom").exists()
+
+
+# Writes what it is given to TARGET.PID.tmp, as write_atomically does, says so, and waits to be killed.
+WRITE_A_TEMPORARY = """
+import os, sys, time
+path = "%s.%d.tmp" % (sys.argv[1], os.getpid())
+with open(path, "w") as handle:
+    handle.write(sys.argv[2])
+print(os.path.basename(path), flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_temporary_file_of_a_run_killed_while_it_wrote_is_swept(run_collector, receiver, tmp_path):
+    state = tmp_path / "state"
+    spooled = seed_spool(state, "host", [{"kind": "CPU", "login_node": "n1", "load": float(n)} for n in range(3)])
+
+    def writing(target):
+        writer = subprocess.Popen([sys.executable, "-c", WRITE_A_TEMPORARY, str(state / target),
+                                   "".join(json.dumps(d) + "\n" for d in spooled)], stdout=subprocess.PIPE, text=True)
+        return writer, writer.stdout.readline().strip()
+
+    killed, left_behind = writing("spool-host.jsonl")
+    killed.kill()
+    killed.wait()
+    alive, being_written = writing("network.json")
+    try:
+        done = run_collector("host.py", "-v", "--disk", "/", "--state-dir", state, *receiver.args(),
+                             env={"AFMETRICS_TOKEN": TOKEN}, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert sorted(path.name for path in state.glob("*.tmp")) == [being_written]
+    finally:
+        alive.kill()
+        alive.wait()
+    assert "INFO:host:removed 1 temporary file(s) that killed runs left: %s" % left_behind in log_lines(done.stderr)
+
+
+def test_a_lock_is_held_through_a_descriptor_open_for_writing(tmp_path):
+    # On NFS, flock is a POSIX lock on the server, and an exclusive one on a read-only descriptor fails with EBADF
+    # (flock(2), NOTES). This kernel has no NFS client to show it: the access mode stands in for it.
+    with afmetrics_state.StateDir(str(tmp_path), common.log).try_lock("host") as lock:
+        assert fcntl.fcntl(lock, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR

@@ -1,5 +1,4 @@
 """afmetrics_collector, the seed's umbrella command: its documented command lines, logs, locks and usage errors."""
-import fcntl
 import json
 import socket
 
@@ -7,6 +6,7 @@ import pytest
 
 import afmetrics_common as common
 import afmetrics_privacy
+import afmetrics_state
 import utmp
 from conftest import log_lines
 
@@ -90,8 +90,7 @@ def test_argparse_usage_error_exits_2(run_collector, tmp_path):
 def test_run_still_going_makes_the_next_one_skip(run_collector, receiver, sessions, tmp_path):
     state = tmp_path / "state"
     state.mkdir()
-    with open(state / "host.lock", "a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
+    with afmetrics_state.StateDir(str(state), common.log).try_lock("host"):
         done = run_collector("afmetrics_collector", "-s", "--host", "--utmp", sessions, "--state-dir", state,
                              *receiver.args(), env={"AFMETRICS_TOKEN": "tok-skip"}, cwd=tmp_path)
     assert done.returncode == 0
