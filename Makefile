@@ -57,4 +57,4 @@ bench: $(STAMP)
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) run .pytest_cache dist build afmetrics.egg-info
+	rm -rf $(VENV) $(VENV39) run .pytest_cache dist build afmetrics.egg-info

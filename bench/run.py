@@ -5,6 +5,7 @@ Prints one table (markdown) and writes it to bench/results/latest.md. `make benc
 """
 import argparse
 import json
+import logging
 import os
 import pathlib
 import statistics
@@ -97,6 +98,7 @@ class Endpoint:
     """A local HTTPS receiver, optionally behind a proxy adding a round-trip time."""
 
     def __init__(self, workdir, rtt=0.0):
+        self.rtt = rtt
         ca = trustme.CA()
         self.ca_file = str(workdir / "ca.pem")
         ca.cert_pem.write_to_path(self.ca_file)
@@ -130,6 +132,21 @@ def bench_host_and_ssh(table, runs, workdir):
         endpoint.close()
 
 
+RTTS = (0.0, 0.020)  # the endpoint on this machine, and across a WAN
+
+
+def add_delivery_rows(table, what, script, args, runs, env, endpoints, command, rss_target=""):
+    """A batch collector with the default settings at each round trip of ENDPOINTS, and one document per POST
+    (batch_size 1, as the old tool sent them) at the first."""
+    for endpoint in endpoints:
+        table.add("%s, default settings, delivered at %d ms" % (what, endpoint.rtt * 1000),
+                  **measure_collector(script, args + endpoint.args(), runs, env),
+                  target="<= floor + 0.5 s" + rss_target, command=command)
+    table.add("%s, one document per POST (batch_size 1), at 0 ms" % what,
+              **measure_collector(script, args + endpoints[0].args(), runs, dict(env, AFMETRICS_BATCH_SIZE="1")),
+              command="AFMETRICS_BATCH_SIZE=1 " + command)
+
+
 def bench_condor(table, runs, workdir, sizes=(10000, 50000)):
     """condor.py against a real personal HTCondor (23.9.6) holding SIZES queued jobs (held jobs stay queued)."""
     import condor
@@ -137,7 +154,7 @@ def bench_condor(table, runs, workdir, sizes=(10000, 50000)):
 
     subprocess.run([str(SCRIPT), "build", "trixie"], check=True)
     subprocess.run([str(SCRIPT), "start", "trixie"], check=True)
-    pool, endpoint = CondorPool("trixie"), Endpoint(workdir)
+    pool, endpoints = CondorPool("trixie"), [Endpoint(workdir, rtt) for rtt in RTTS]
     try:
         env = collector_env(pool.environment())
         queued = 0
@@ -152,15 +169,10 @@ def bench_condor(table, runs, workdir, sizes=(10000, 50000)):
                 queued += batch
             print("  %d jobs queued" % queued, flush=True)
             queues = ["-q", "all:", "-q", 'short:queue=="short"']
-            args = queues + ["--state-dir", str(workdir / "condor-state")] + endpoint.args()
-            table.add("condor.py, %d queued jobs, 2 queues, delivered at 0 ms" % size,
-                      **measure_collector("condor.py", args, runs, env),
-                      target="<= floor + 2 s" + (", <= 150 MB" if size >= 50000 else ""),
-                      command="python3 collectors/condor.py -q all: -q 'short:queue==\"short\"'")
-            if size == sizes[0]:
-                table.add("condor.py, %d queued jobs, array mode (batch_size 100)" % size,
-                          **measure_collector("condor.py", args, runs, dict(env, AFMETRICS_BATCH_SIZE="100")),
-                          target="<= floor + 2 s", command="AFMETRICS_BATCH_SIZE=100 python3 collectors/condor.py ...")
+            args = queues + ["--state-dir", str(workdir / "condor-state")]
+            command = "python3 collectors/condor.py -q all: -q 'short:queue==\"short\"'"
+            add_delivery_rows(table, "condor.py, %d queued jobs, 2 queues" % size, "condor.py", args, runs, env,
+                              endpoints, command, rss_target=", <= 150 MB" if size >= 50000 else "")
             # The floor: the same condor_q and condor_history calls, and nothing else.
             calls = [condor.condor_command("condor_q", condor.JOB_ATTRS),
                      condor.condor_command("condor_q", condor.QUEUE_ATTRS, 'queue=="short"'),
@@ -169,7 +181,8 @@ def bench_condor(table, runs, workdir, sizes=(10000, 50000)):
             table.add("  floor: its condor_q and condor_history calls alone, %d jobs" % size,
                       *measure(["sh", "-c", script], runs, env), command="condor_q -all -af ...")
     finally:
-        endpoint.close()
+        for endpoint in endpoints:
+            endpoint.close()
         subprocess.run([str(SCRIPT), "stop", "trixie"], check=False)
 
 
@@ -181,7 +194,7 @@ def bench_slurm(table, runs, workdir, sizes=(10000, 50000)):
 
     cluster_script("build")
     cluster_script("start", env={"AFMETRICS_SLURM_MAX_JOBS": str(max(sizes))})
-    cluster, endpoint = SlurmCluster(), Endpoint(workdir)
+    cluster, endpoints = SlurmCluster(), [Endpoint(workdir, rtt) for rtt in RTTS]
     try:
         env = collector_env(cluster.environment())
         queued = 0
@@ -192,16 +205,10 @@ def bench_slurm(table, runs, workdir, sizes=(10000, 50000)):
                            "-p", "short" if short else "long")
             queued = size
             print("  %d jobs queued" % queued, flush=True)
-            args = ["--slurm-queue", "all:", "--slurm-queue", "short:short", "--state-dir",
-                    str(workdir / "slurm-state")] + endpoint.args()
-            table.add("slurm.py, %d queued jobs, 2 queues, delivered at 0 ms" % size,
-                      **measure_collector("slurm.py", args, runs, env),
-                      target="<= floor + 2 s" + (", own RSS flat" if size >= 50000 else ""),
-                      command="python3 collectors/slurm.py --slurm-queue all: --slurm-queue short:short")
-            if size == sizes[0]:
-                table.add("slurm.py, %d queued jobs, array mode (batch_size 100)" % size,
-                          **measure_collector("slurm.py", args, runs, dict(env, AFMETRICS_BATCH_SIZE="100")),
-                          target="<= floor + 2 s", command="AFMETRICS_BATCH_SIZE=100 python3 collectors/slurm.py ...")
+            args = ["--slurm-queue", "all:", "--slurm-queue", "short:short", "--state-dir", str(workdir / "slurm-state")]
+            command = "python3 collectors/slurm.py --slurm-queue all: --slurm-queue short:short"
+            add_delivery_rows(table, "slurm.py, %d queued jobs, 2 queues" % size, "slurm.py", args, runs, env,
+                              endpoints, command, rss_target=", own RSS flat" if size >= 50000 else "")
             # The floor: the same squeue, sdiag and sacct calls, and nothing else.
             calls = [slurm.squeue_command(), ["sdiag"], slurm.sacct_command(time.time() - 360, time.time() + 86400)]
             script = " && ".join(" ".join("'%s'" % arg for arg in call) + " >/dev/null" for call in calls)
@@ -209,7 +216,8 @@ def bench_slurm(table, runs, workdir, sizes=(10000, 50000)):
                       *measure(["sh", "-c", script], runs, dict(env, SLURM_TIME_FORMAT="%s")),
                       command="squeue --all --array --noheader --Format=...")
     finally:
-        endpoint.close()
+        for endpoint in endpoints:
+            endpoint.close()
         subprocess.run([str(SCRIPT), "stop"], check=False)
 
 
@@ -245,9 +253,10 @@ def bench_delivery(table, runs, workdir, count=10000):
             # The tool sites run today opens a connection per document: 10,000 of them at 20 ms would take
             # ten minutes, so that row sends a tenth as many once and its figures are scaled up (marked).
             cases = [("bare http.client, 10 connections (receiver ceiling)", ["bare", "--connections", "10"], runs, 1),
-                     ("afmetrics default (10 connections, one document each)", ["afmetrics"], runs, 1),
-                     ("afmetrics, 1 connection", ["afmetrics", "--connections", "1"], 1, 1),
-                     ("afmetrics array mode (batch_size 100)", ["afmetrics", "--batch-size", "100"], runs, 1),
+                     ("afmetrics default (arrays of 100, 10 connections)", ["afmetrics"], runs, 1),
+                     ("afmetrics, arrays of 100, 1 connection", ["afmetrics", "--connections", "1"], 1, 1),
+                     ("afmetrics, one document per POST (batch_size 1)", ["afmetrics", "--batch-size", "1"], runs,
+                      1),
                      ("new connection per document (today's tool), x10 from %d" % (count // 10),
                       ["new-connection"], 1, 10)]
             for what, args, repetitions, scale in cases:
@@ -258,6 +267,67 @@ def bench_delivery(table, runs, workdir, count=10000):
                           command="python3 bench/send_documents.py %s --count %d" % (" ".join(args), count // scale))
         finally:
             endpoint.close()
+
+
+def bench_spool_during_an_outage(table, runs, workdir, queues=(1000, 10000), hours=(1, 6, 24), churn=0.01):
+    """condor.py's spool while the endpoint is down: every 5 minutes a run keeps its condorqueue totals (2 queues)
+    and a snapshot of each of QUEUE queued jobs, of which CHURN end (a finished document each, an event) and are
+    replaced by new ones. The spool (afmetrics_state.Spool, a real file) keeps only each job's newest snapshot;
+    1.0 kept every snapshot, up to spool_max_documents (100,000), then dropped the oldest."""
+    import types
+
+    import afmetrics_state
+    from condor import replaced_by_next_run
+
+    opts = types.SimpleNamespace(spool_max_documents=100000, spool_max_age_hours=168.0)
+    log = logging.getLogger("bench")
+    log.setLevel(logging.ERROR)  # the full spool's drop lines are part of the figures, not news
+    for queue in queues:
+        state = afmetrics_state.StateDir(str(workdir / ("spool-%d" % queue)), log)
+        state.prepare()
+        jobs, next_job, every_snapshot = list(range(queue)), queue, 0
+        for run in range(1, max(hours) * 12 + 1):
+            ending = jobs[:int(queue * churn)]
+            jobs = jobs[len(ending):] + list(range(next_job, next_job + len(ending)))
+            next_job += len(ending)
+            made = [{"kind": "condorqueue", "cluster": "B", "queue": name, "idle": 0, "running": queue, "held": 0,
+                     "allocated_cores": 0, "allocated_mem": 0, "timestamp": "2026-12-07T04:30:00.000Z"}
+                    for name in ("all", "short")]
+            made += [{"kind": "condorjob", "cluster": "B", "users": "user%03d" % (job % 300), "Id": "%d.0" % job,
+                      "Runtime": run * 300, "state": "finished" if job in ending else "running",
+                      "timestamp": "2026-12-07T04:30:00.000Z"} for job in ending + jobs]
+            every_snapshot += len(made)
+            spool = afmetrics_state.Spool(state, "condor", opts, log, replaced_by_next_run)
+            started = time.monotonic()
+            kept = spool.save(spool.load() + made)
+            took = time.monotonic() - started
+            if run % 12 == 0 and run // 12 in hours:
+                size = os.path.getsize(spool.path())
+                table.add("spool after %d h down, %d queued jobs: %d documents, %.1f MB (1.0: %d)"
+                          % (run // 12, queue, len(kept), size / 1e6, min(every_snapshot, opts.spool_max_documents)),
+                          wall=took, target="one run's load and save",
+                          command="python3 bench/run.py --only spool")
+
+
+def bench_late_endpoint(table, runs, workdir, late=45.0):
+    """ssh.py and host.py (the umbrella, default settings) against an endpoint whose blocked queue answers LATE
+    seconds after it indexed each request: how many of the documents the index holds, and how many twice."""
+    endpoint = Endpoint(workdir)
+    try:
+        receiver = endpoint.receiver
+        receiver.tokens.add(TOKEN)
+        receiver.block(late)
+        sessions = utmp.write(workdir / "utmp-late", utmp.login("alice", "pts/0", 60, 11))
+        argv = [sys.executable, str(REPO / "collectors" / "afmetrics_collector"), "-s", "--host", "--disk", "/",
+                "--utmp", str(sessions), "--state-dir", str(workdir / "late-state")] + endpoint.args()
+        wall, cpu, rss = measure(argv, 1, collector_env())
+        sent = len(receiver.documents)
+        twice = sent - len({json.dumps(document, sort_keys=True) for document in receiver.documents})
+        table.add("endpoint answering %g s late: %d documents sent, %d indexed, %d twice"
+                  % (late, sent, len(receiver.index), twice), wall, cpu, rss, target="each indexed once",
+                  command="python3 bench/run.py --only late")
+    finally:
+        endpoint.close()
 
 
 def bench_group_filter(table, runs, workdir):
@@ -273,19 +343,23 @@ def bench_group_filter(table, runs, workdir):
 
 
 SECTIONS = {"host": bench_host_and_ssh, "condor": bench_condor, "slurm": bench_slurm, "jupyter": bench_jupyter,
-            "delivery": bench_delivery, "groups": bench_group_filter}
+            "delivery": bench_delivery, "late": bench_late_endpoint, "spool": bench_spool_during_an_outage,
+            "groups": bench_group_filter}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", default=",".join(SECTIONS), help="sections: " + ",".join(SECTIONS))
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--jobs", default="10000,50000", help="queue sizes of the condor and slurm sections")
     args = parser.parse_args()
+    sizes = tuple(int(size) for size in args.jobs.split(","))
     table = Table()
     with tempfile.TemporaryDirectory(prefix="afmetrics-bench-") as workdir:
         for name in args.only.split(","):
             print("== %s" % name, flush=True)
-            SECTIONS[name](table, args.runs, pathlib.Path(workdir))
+            extra = {"sizes": sizes} if name in ("condor", "slurm") else {}
+            SECTIONS[name](table, args.runs, pathlib.Path(workdir), **extra)
     results = BENCH / "results"
     results.mkdir(exist_ok=True)
     header = "# afmetrics benchmarks\n\n%s, %d CPUs, Python %s, median of %d runs\n\n" % (

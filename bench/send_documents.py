@@ -6,7 +6,6 @@ as the tool sites run today sends), bare (http.client over keep-alive connection
 import argparse
 import http.client
 import json
-import logging
 import os
 import socket
 import ssl
@@ -28,8 +27,8 @@ def send_afmetrics(args, docs):
     import afmetrics_delivery
 
     opts = argparse.Namespace(url=args.url, ca_bundle=args.ca, send_budget=3600.0, run_budget=math.inf, gzip=False,
-                              connections=args.connections, batch_size=args.batch_size)
-    outcome = afmetrics_delivery.Delivery(opts, math.inf).deliver(docs, "bench-token", logging.getLogger("bench"))
+                              connections=args.connections, batch_size=args.batch_size, batch_bytes=1000000, proxy="")
+    outcome = afmetrics_delivery.Delivery(opts, math.inf).deliver(docs, "bench-token")
     return len(outcome.undelivered) + len(outcome.refused)
 
 
@@ -74,7 +73,7 @@ def main():
     parser.add_argument("--ca", required=True)
     parser.add_argument("--count", type=int, default=10000)
     parser.add_argument("--connections", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=100)
     args = parser.parse_args()
     sender = {"afmetrics": send_afmetrics, "new-connection": send_new_connection, "bare": send_bare}[args.mode]
     failed = sender(args, documents(args.count))

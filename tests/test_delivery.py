@@ -4,8 +4,10 @@ import json
 import socket
 import time
 
+from hypothesis import given, strategies as st
 
 import afmetrics_privacy
+from afmetrics_delivery import request_bodies
 from afmetrics_state import ISO_TIMESTAMP, iso_timestamp
 from conftest import log_lines, spool_documents
 
@@ -157,3 +159,18 @@ def test_corrupt_spool_lines_are_dropped_with_a_warning(run_collector, receiver,
     assert "WARNING:ssh:spool %s: 2 corrupt line(s) dropped" % (tmp_path / "spool-ssh.jsonl") in log_lines(done.stderr)
     # The line an earlier version wrote (its timestamp in milliseconds) goes with the time as the endpoint reads it.
     assert [d.get("timestamp") for d in receiver.documents] == [iso_timestamp(collected / 1000.0), None]
+
+
+@given(sizes=st.lists(st.integers(min_value=0, max_value=3000), max_size=60),
+       batch_size=st.integers(min_value=1, max_value=20), batch_bytes=st.integers(min_value=50, max_value=8000))
+def test_request_bodies_keep_order_and_bounds(sizes, batch_size, batch_bytes):
+    """Every document once, in order; an array never over batch_size documents nor over batch_bytes bytes
+    unless it is one document larger than that alone; each body the JSON the endpoint's codec reads back."""
+    documents = [{"kind": "ssh", "users": ["x" * size]} for size in sizes]
+    bodies = list(request_bodies(documents, TOKEN, batch_size, batch_bytes))
+    assert [d for chunk, _ in bodies for d in chunk] == documents
+    for chunk, body in bodies:
+        decoded = json.loads(body)
+        assert (decoded if batch_size > 1 else [decoded]) == [dict(d, token=TOKEN) for d in chunk]
+        assert len(chunk) <= batch_size
+        assert len(body) <= batch_bytes or len(chunk) == 1
