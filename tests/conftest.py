@@ -3,6 +3,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -37,6 +38,26 @@ def apt_get(*args, cwd=None):
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     return subprocess.run(["apt-get", "-q", "-y"] + list(args), capture_output=True, text=True, env=env,
                           timeout=600, stdin=subprocess.DEVNULL, cwd=cwd)
+
+
+def installed(program, package):
+    """The path of PROGRAM; apt-get installs PACKAGE when it is missing (root only)."""
+    path = "/usr/sbin:/usr/bin:/bin"
+    found = shutil.which(program) or shutil.which(program, path=path)
+    if found:
+        return found
+    if not shutil.which("apt-get"):
+        skip_or_fail("%s is not installed and there is no apt-get to install it" % program)
+    if os.geteuid() != 0:
+        skip_or_fail("%s is not installed (apt-get install %s needs root)" % (program, package))
+    done = apt_get("install", "--no-install-recommends", package)
+    if done.returncode != 0:  # package lists missing or stale
+        apt_get("update")
+        done = apt_get("install", "--no-install-recommends", package)
+    found = shutil.which(program, path=path)
+    if done.returncode != 0 or not found:
+        skip_or_fail("apt-get install %s failed: %s" % (package, (done.stderr.strip().splitlines() or ["?"])[-1]))
+    return found
 
 
 def json_lines(path):

@@ -4,16 +4,14 @@ installed with apt when missing (as root; elsewhere the tests skip, and fail in 
 Each proxy runs in the foreground on a free 127.0.0.1 port with its own config, logging every request line
 (LogLevel Connect) to a file the tests read: connects() lists the HOST:PORT of each CONNECT it was asked for.
 """
-import os
 import re
-import shutil
 import socket
 import subprocess
 import time
 
 import pytest
 
-from conftest import apt_get, skip_or_fail
+from conftest import installed
 
 PACKAGE = "tinyproxy-bin"
 # tinyproxy's BasicAuth takes [-a-z0-9._]+ only: "-" is sent percent-encoded (%2D) to check that it is decoded.
@@ -26,26 +24,6 @@ def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def installed(program, package):
-    """The path of PROGRAM; apt-get installs PACKAGE when it is missing (root only)."""
-    path = "/usr/sbin:/usr/bin:/bin"
-    found = shutil.which(program) or shutil.which(program, path=path)
-    if found:
-        return found
-    if not shutil.which("apt-get"):
-        skip_or_fail("%s is not installed and there is no apt-get to install it" % program)
-    if os.geteuid() != 0:
-        skip_or_fail("%s is not installed (apt-get install %s needs root)" % (program, package))
-    done = apt_get("install", "--no-install-recommends", package)
-    if done.returncode != 0:  # package lists missing or stale
-        apt_get("update")
-        done = apt_get("install", "--no-install-recommends", package)
-    found = shutil.which(program, path=path)
-    if done.returncode != 0 or not found:
-        skip_or_fail("apt-get install %s failed: %s" % (package, (done.stderr.strip().splitlines() or ["?"])[-1]))
-    return found
 
 
 @pytest.fixture(scope="session")

@@ -130,6 +130,41 @@ def test_a_spool_line_of_an_earlier_version_is_indexed_at_its_collection_time(ru
     assert endpoint.issues == []
 
 
+# ssh.py run with the wall clock (time.time, which every time the collector writes comes from) DAYS behind;
+# the boot clock and the kernel's own time as they are. libfaketime would do it for the whole process, but here
+# it makes Python's subprocess and socket calls fail with EINVAL now and then.
+CLOCK_BEHIND = """import os, runpy, sys, time
+wall, behind = time.time, float(sys.argv.pop(1)) * 86400
+time.time = lambda: wall() - behind
+sys.argv[0] = sys.argv.pop(1)
+sys.path.insert(0, os.path.dirname(sys.argv[0]))
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_documents_spooled_while_the_clock_was_far_behind_are_sent_once_it_is_right(run_collector, endpoint,
+                                                                                     sessions, tmp_path):
+    """A node booted with a reset clock and no NTP yet, 400 days behind, while the endpoint is down: its ssh
+    document is kept, and once the clock is right and the endpoint back it is sent, not expired as 400 days
+    old: its age is the time it was kept, by the boot clock."""
+    state = tmp_path / "state"
+    endpoint.answer_always(503)
+    argv = [sys.executable, "-c", CLOCK_BEHIND, "400", str(COLLECTORS / "ssh.py"), "-c", "UC-AF", "--utmp",
+            str(sessions), "--state-dir", str(state), *endpoint.args()]
+    behind = subprocess.run(argv, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, cwd=tmp_path,
+                            env=collector_environment({"AFMETRICS_TOKEN": TOKEN}))
+    assert behind.returncode == 1, behind.stderr
+    [kept] = spool_documents(state / "spool-ssh.jsonl")
+    assert kept["timestamp"] < iso_timestamp(time.time() - 399 * 86400)
+
+    endpoint.restore()
+    done = run_ssh(run_collector, endpoint, sessions, state)
+    assert done.returncode == 0, done.stderr
+    assert log_lines(done.stderr) == []
+    resent, _ = endpoint.index
+    assert resent["@timestamp"] < time.time() - 399 * 86400  # where the wrong clock put it: all it knew
+
+
 def big_ssh_documents(count, users):
     """ssh documents of USERS users each, about 13 bytes a user."""
     return [dict(SSH, users=["user%06d" % n for n in range(users)], ssh_user_count=users + i) for i in range(count)]
