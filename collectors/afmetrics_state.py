@@ -6,6 +6,7 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -313,7 +314,7 @@ class Spool:
         its timestamp); (None, None) for a corrupt one."""
         if isinstance(entry, dict) and "document" in entry:
             document, kept = entry["document"], entry.get("kept")
-            if not isinstance(kept, (int, float)) or isinstance(kept, bool):
+            if not isinstance(kept, (int, float)) or isinstance(kept, bool) or not 0 <= kept < math.inf:
                 return None, None
         else:
             document, kept = entry, None
