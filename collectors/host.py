@@ -87,6 +87,13 @@ def device_of(path, partitions, realpath=os.path.realpath):
     return os.path.basename(realpath(device)) if device.startswith("/dev/") else device
 
 
+def is_mount_point(path, partitions, realpath=os.path.realpath):
+    """Whether a file system is mounted on path itself (through its links), partitions being
+    psutil.disk_partitions(all=True): /proc/self/mounts, which also knows a bind mount from the same file system
+    (os.path.ismount, comparing devices, does not)."""
+    return realpath(path) in {partition.mountpoint for partition in partitions}
+
+
 def stale_reason(taken, now, max_age):
     """Why a baseline taken at time taken gives no deltas at time now, or None when it does: counts over more
     than max_age seconds would show days of traffic as one interval (the old tool re-baselined after an hour),
@@ -224,6 +231,10 @@ def disk_documents(run, node, now):
             usage = psutil.disk_usage(mount)
         except OSError as error:
             run.log.warning("DISK %s not reported: %s", mount, error.strerror)
+            continue
+        if not is_mount_point(mount, partitions):
+            # What statvfs saw there is the file system underneath (/ when the mount failed at boot).
+            run.log.warning("DISK %s not reported: nothing is mounted there", mount)
             continue
         device = device_of(mount, partitions)
         document = {"kind": "DISK", "login_node": node, "mount": mount, "total": usage.total,

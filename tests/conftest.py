@@ -94,6 +94,16 @@ def collector_environment(extra=None):
     return env
 
 
+def in_private_mounts(setup, argv, env=None, cwd=None, timeout=120):
+    """Run argv (a collector, as cron runs it) in a mount namespace of its own, which no mount outlives, once the
+    shell lines setup ran there (root; env reaches both): a CompletedProcess (text)."""
+    if os.geteuid() != 0:
+        skip_or_fail("a private mount namespace needs root")
+    return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-euc", setup + '\nexec "$@"', "sh"]
+                          + [str(arg) for arg in argv], capture_output=True, text=True, env=collector_environment(env),
+                          cwd=cwd, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
 @pytest.fixture
 def sessions(tmp_path):
     """A real utmp file with alice and bob logged in."""

@@ -12,9 +12,10 @@ import time
 import pytest
 
 import host
-from conftest import COLLECTORS, collector_environment, json_lines, log_lines, skip_or_fail
+from conftest import COLLECTORS, collector_environment, in_private_mounts, json_lines, log_lines, skip_or_fail
 
 TOKEN = "tok-host-5a1e"
+MIB = 1024 * 1024
 
 
 def test_parse_real_diskstats():
@@ -120,6 +121,20 @@ def test_missing_mount_is_a_warning_and_others_are_reported(run_collector, tmp_p
     assert done.returncode == 0
     assert "WARNING:host:DISK /no/such/mount not reported: No such file or directory" in log_lines(done.stderr)
     assert [d["mount"] for d in json_lines(tmp_path / "host.json") if d["kind"] == "DISK"] == ["/"]
+
+
+def test_directory_whose_mount_failed_is_a_warning_not_the_file_system_under_it(tmp_path):
+    """A configured mount point with nothing mounted on it (its mount failed at boot) beside a real mount."""
+    unmounted, mounted = tmp_path / "unmounted", tmp_path / "mounted"
+    unmounted.mkdir()
+    mounted.mkdir()
+    done = in_private_mounts('mount -t tmpfs -o size=1m afmetrics-mounted "$MOUNTED"',
+                             [sys.executable, COLLECTORS / "host.py", "-d", "--disk", unmounted, "--disk", mounted,
+                              "--state-dir", tmp_path / "state"], env={"MOUNTED": str(mounted)}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert log_lines(done.stderr) == ["WARNING:host:DISK %s not reported: nothing is mounted there" % unmounted]
+    [disk] = [d for d in json_lines(tmp_path / "host.json") if d["kind"] == "DISK"]
+    assert (disk["mount"], disk["device"], disk["total"]) == (str(mounted), "afmetrics-mounted", MIB)
 
 
 def test_corrupt_state_is_a_fresh_start(run_collector, receiver, tmp_path):
@@ -331,8 +346,6 @@ def test_device_of_is_the_visible_mount_by_its_diskstats_name():
     assert device_of("/boot") == "vda1"
     assert host.device_of("/home", []) == ""
 
-
-MIB = 1024 * 1024
 
 # Run in a private mount namespace: a 4 MiB tmpfs on $MOUNT and over it a 16 MiB ext2 image on a loop device,
 # mounted by a link's name as /dev/mapper/NAME -> ../dm-N is (a private tmpfs on /dev/shm holds the link),
