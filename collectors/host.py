@@ -3,6 +3,10 @@
 received since the previous run) and one DISK document per configured mount (usage, plus I/O since the
 previous run from /proc/diskstats).
 
+Each interval's end, the new baseline, is stored before the interval is sent, and an interval whose end cannot be
+stored is not sent: the next run measures from the baseline it finds, and a stored end is one no later document
+covers again (a run that then fails to deliver or spool them loses those figures rather than repeating them).
+
 Example: python3 collectors/host.py -d -v --disk / --disk /home
 """
 import math
@@ -120,6 +124,21 @@ def usable_baseline(run, name, fields, now, label):
     return stored
 
 
+def recorded(run, name, baseline, what):
+    """Store baseline in state file name before the interval that ends at it leaves, and say whether it was
+    stored: an interval whose end is not recorded would be measured again, and sent again, by the next run. A
+    debug run records nothing (and sends nothing); one that cannot record is one error line, exit 1."""
+    if run.opts.debug:
+        return True
+    try:
+        run.state.save(name, baseline)
+    except OSError as error:
+        run.source_failed("cannot store the %s baseline: %s: %s: %s figures not sent (the next run would count "
+                          "them again)" % (what, error.strerror, error.filename, what))
+        return False
+    return True
+
+
 def this_boot():
     """This boot's id, which the Linux kernel draws anew at every boot; "" where it has none."""
     try:
@@ -190,8 +209,7 @@ def network_deltas(before, now):
 def network_document(run, node, now):
     current = {"time": now, "boot": this_boot(), "interfaces": interface_counters()}
     previous = usable_baseline(run, NETWORK_STATE, ("interfaces", "counters"), now, "NETWORK: baseline")
-    run.after_delivery.append(lambda: run.state.save(NETWORK_STATE, current))
-    if previous is None:
+    if not recorded(run, NETWORK_STATE, current, "NETWORK") or previous is None:
         return []
     before = baseline_interfaces(previous)
     if before is None:
@@ -221,9 +239,9 @@ def disk_documents(run, node, now):
         run.log.warning("DISK: no I/O figures: %s", error)
         io_now = {}
     io_before = usable_baseline(run, DISKSTATS_STATE, ("devices",), now, "DISK: I/O baseline")
-    if not io_before or not isinstance(io_before["devices"], dict):
-        io_before = {"time": now, "devices": {}}
-    run.after_delivery.append(lambda: run.state.save(DISKSTATS_STATE, {"time": now, "devices": io_now}))
+    if not recorded(run, DISKSTATS_STATE, {"time": now, "devices": io_now}, "DISK I/O") or not io_before \
+            or not isinstance(io_before["devices"], dict):
+        io_before = {"time": now, "devices": {}}  # no deltas: the usage goes alone
     partitions = psutil.disk_partitions(all=True)
     documents = []
     for mount in run.opts.disks:
