@@ -20,7 +20,7 @@ import sys
 import time
 
 from afmetrics_delivery import Delivery, network_failure, with_token
-from afmetrics_privacy import UserFilter, host_name, login_node
+from afmetrics_privacy import UnresolvedName, UserFilter, host_name, login_node
 from afmetrics_settings import (COLLECTOR_SETTINGS, COMMON_SETTINGS, KUBERNETES_SERVICEACCOUNT_DIR, UsageError,
                                 __version__, add_common_arguments, add_exclude_owner_argument, resolve_settings,
                                 warn_about_visible_secrets)
@@ -144,7 +144,7 @@ class Collection:
             for document in self.module.collect(run):
                 self.count += 1
                 yield dict(document, cluster=opts.cluster)
-        except SourceError as error:
+        except (SourceError, UnresolvedName) as error:
             run.log.error("%s", error)
             self.failed = True
             run.source_error = run.source_error or str(error)

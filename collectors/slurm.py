@@ -258,6 +258,8 @@ def collect(run):
         run.after_delivery.append(lambda: run.state.save(CURSOR_STATE, next_state(
             state, [row for row in finished if row["id"] not in queued_still], not waiting, now)))
     queues = [parse_queue_spec(spec) for spec in opts.slurm_queues]
+    # Before the first document: a user the filter cannot decide on fails the run with nothing sent.
+    run.users.decide({row["user"] for row in itertools.chain(squeue_rows(queue_text), finished or ())} - excluded)
     yield from queue_documents(queues, squeue_rows(queue_text))
     done = {row["id"] for row in finished or ()}
 

@@ -94,14 +94,24 @@ def collector_environment(extra=None):
     return env
 
 
-def in_private_mounts(setup, argv, env=None, cwd=None, timeout=120):
-    """Run argv (a collector, as cron runs it) in a mount namespace of its own, which no mount outlives, once the
-    shell lines setup ran there (root; env reaches both): a CompletedProcess (text)."""
+def private_mounts(setup):
+    """The argv prefix that runs a command (a collector, as cron runs it) in a mount namespace of its own, which no
+    mount outlives, once the shell lines setup ran there (root; the command's environment reaches them)."""
     if os.geteuid() != 0:
         skip_or_fail("a private mount namespace needs root")
-    return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-euc", setup + '\nexec "$@"', "sh"]
-                          + [str(arg) for arg in argv], capture_output=True, text=True, env=collector_environment(env),
-                          cwd=cwd, timeout=timeout, stdin=subprocess.DEVNULL)
+    return ["unshare", "-m", "--propagation", "private", "sh", "-euc", setup + '\nexec "$@"', "sh"]
+
+
+def user_database(directory, passwd=(), group=()):
+    """(argv prefix, environment) that run a collector with this host's /etc/passwd and /etc/group, the given
+    lines added, bound over the real ones in a private mount namespace: glibc's getpwnam and getgrnam (the files
+    backend) answer from them."""
+    files = {}
+    for name, lines in (("passwd", passwd), ("group", group)):
+        files[name] = directory / name
+        files[name].write_text(pathlib.Path("/etc", name).read_text() + "".join(line + "\n" for line in lines))
+    setup = 'mount --bind "$AFM_PASSWD" /etc/passwd\nmount --bind "$AFM_GROUP" /etc/group'
+    return private_mounts(setup), {"AFM_PASSWD": str(files["passwd"]), "AFM_GROUP": str(files["group"])}
 
 
 @pytest.fixture
@@ -112,24 +122,25 @@ def sessions(tmp_path):
 
 @pytest.fixture
 def run_collector():
-    """run_collector("host.py", "-d", ..., env={...}, cwd=...) -> CompletedProcess (text)."""
-    def run(script, *args, env=None, cwd=None, timeout=120):
-        return subprocess.run([sys.executable, str(COLLECTORS / script)] + [str(arg) for arg in args],
+    """run_collector("host.py", "-d", ..., env={...}, cwd=..., prefix=[...]) -> CompletedProcess (text); prefix:
+    what runs the collector (private_mounts)."""
+    def run(script, *args, env=None, cwd=None, timeout=120, prefix=()):
+        return subprocess.run(list(prefix) + [sys.executable, str(COLLECTORS / script)] + [str(arg) for arg in args],
                               capture_output=True, text=True, env=collector_environment(env),
                               cwd=cwd, timeout=timeout, stdin=subprocess.DEVNULL)
     return run
 
 
 def batch_collector(system, script, receiver, run_collector, directory, token, cluster):
-    """run(*args, script=SCRIPT, state=None, env=None): the batch collector (or the umbrella) against a real batch
-    system (condor_pool, slurm_cluster), delivering to the receiver; returns (CompletedProcess, the documents this
-    run delivered, seconds it took)."""
-    def run(*args, script=script, state=None, env=None):
+    """run(*args, script=SCRIPT, state=None, env=None, prefix=()): the batch collector (or the umbrella) against a
+    real batch system (condor_pool, slurm_cluster), delivering to the receiver; returns (CompletedProcess, the
+    documents this run delivered, seconds it took)."""
+    def run(*args, script=script, state=None, env=None, prefix=()):
         before = len(receiver.documents)
         started = time.monotonic()
         done = run_collector(script, "-t", token, "-c", cluster, "-u", receiver.url, "--ca-bundle",
                              receiver.ca_file, "--state-dir", state or directory / "state", *args,
-                             env=env or system.environment(), cwd=directory)
+                             env=env or system.environment(), cwd=directory, prefix=prefix)
         return done, receiver.documents[before:], time.monotonic() - started
     return run
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 import host
-from conftest import COLLECTORS, collector_environment, in_private_mounts, json_lines, log_lines, skip_or_fail
+from conftest import COLLECTORS, collector_environment, json_lines, log_lines, private_mounts, skip_or_fail
 
 TOKEN = "tok-host-5a1e"
 MIB = 1024 * 1024
@@ -123,14 +123,14 @@ def test_missing_mount_is_a_warning_and_others_are_reported(run_collector, tmp_p
     assert [d["mount"] for d in json_lines(tmp_path / "host.json") if d["kind"] == "DISK"] == ["/"]
 
 
-def test_directory_whose_mount_failed_is_a_warning_not_the_file_system_under_it(tmp_path):
+def test_directory_whose_mount_failed_is_a_warning_not_the_file_system_under_it(run_collector, tmp_path):
     """A configured mount point with nothing mounted on it (its mount failed at boot) beside a real mount."""
     unmounted, mounted = tmp_path / "unmounted", tmp_path / "mounted"
     unmounted.mkdir()
     mounted.mkdir()
-    done = in_private_mounts('mount -t tmpfs -o size=1m afmetrics-mounted "$MOUNTED"',
-                             [sys.executable, COLLECTORS / "host.py", "-d", "--disk", unmounted, "--disk", mounted,
-                              "--state-dir", tmp_path / "state"], env={"MOUNTED": str(mounted)}, cwd=tmp_path)
+    done = run_collector("host.py", "-d", "--disk", unmounted, "--disk", mounted, "--state-dir", tmp_path / "state",
+                         env={"MOUNTED": str(mounted)}, cwd=tmp_path,
+                         prefix=private_mounts('mount -t tmpfs -o size=1m afmetrics-mounted "$MOUNTED"'))
     assert done.returncode == 0, done.stderr
     assert log_lines(done.stderr) == ["WARNING:host:DISK %s not reported: nothing is mounted there" % unmounted]
     [disk] = [d for d in json_lines(tmp_path / "host.json") if d["kind"] == "DISK"]

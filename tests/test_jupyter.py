@@ -281,10 +281,21 @@ def test_obfuscated_users_are_md5_of_salt_and_name_sorted(api, run_jupyter, tmp_
 def test_group_filter_keeps_members_only(kubernetes_api, run_jupyter, tmp_path):
     kubernetes_api.allow(READER, "reader", [ML_NAMESPACE])
     kubernetes_api.add_pod(ML_NAMESPACE, "jupyter-root", {"owner": "root"}, "Running")
-    kubernetes_api.add_pod(ML_NAMESPACE, "jupyter-stranger", {"owner": "no-such-user-here"}, "Running")
-    done = run_jupyter("--kubeconfig", kubernetes_api.write_kubeconfig(tmp_path / "kubeconfig", READER), "-g", "root")
+    kubernetes_api.add_pod(ML_NAMESPACE, "jupyter-daemon", {"owner": "daemon"}, "Running")
+    kubeconfig = kubernetes_api.write_kubeconfig(tmp_path / "kubeconfig", READER)
+    done = run_jupyter("--kubeconfig", kubeconfig, "-g", "root")
     assert done.returncode == 0, done.stderr
     assert debug_documents(tmp_path)[0]["users"] == ["root"]
+    # A user the user database cannot resolve may be a member whose directory is down: no document, not one
+    # that leaves the user out.
+    kubernetes_api.add_pod(ML_NAMESPACE, "jupyter-stranger", {"owner": "no-such-user-here"}, "Running")
+    (tmp_path / "jupyter.json").unlink()
+    done = run_jupyter("--kubeconfig", kubeconfig, "-g", "root")
+    assert done.returncode == 1
+    assert [line for line in log_lines(done.stderr) if line.startswith("ERROR")] == [
+        "ERROR:jupyter:user no-such-user-here cannot be resolved (getpwnam: no such user, or the user directory is "
+        "down): the group filter cannot decide on it"]
+    assert not (tmp_path / "jupyter.json").exists()
 
 
 def test_debug_file_appends_one_line_per_document_and_masks_the_token(api, run_jupyter, tmp_path):

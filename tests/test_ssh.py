@@ -9,7 +9,7 @@ import pytest
 
 import ssh
 import utmp
-from conftest import json_lines, log_lines, skip_or_fail
+from conftest import json_lines, log_lines, skip_or_fail, user_database
 from debian13 import Debian13, Unavailable, cached_tarball
 
 # A user name as long as utmp allows (glibc's UT_NAMESIZE).
@@ -140,6 +140,36 @@ def test_empty_utmp_file_is_no_warning(run_collector, tmp_path):
     done = run_collector("ssh.py", "-d", "--utmp", nobody, "--state-dir", tmp_path / "state", cwd=tmp_path)
     assert done.returncode == 0 and done.stderr == ""
     assert json_lines(tmp_path / "ssh.json")[0]["users"] == []
+
+
+FILTER_GROUP = "afmfilter"
+# alice's primary group is FILTER_GROUP, bob's is not: each is decided on through getpwnam.
+ALICE, BOB = "alice:x:4301:4300::/nonexistent:/usr/sbin/nologin", "bob:x:4302:4302::/nonexistent:/usr/sbin/nologin"
+GROUP_LINE = "%s:x:4300:" % FILTER_GROUP
+UNRESOLVED = "(getpwnam: no such user, or the user directory is down): the group filter cannot decide on it"
+
+
+@pytest.mark.parametrize("passwd, group, error", [
+    ([ALICE, BOB], [GROUP_LINE], None),
+    # The directory down: getgrnam answers as for a group that does not exist.
+    ([ALICE, BOB], [], "ERROR:ssh:group %s cannot be resolved (getgrnam: no such group, or the user directory is "
+                       "down): users cannot be filtered" % FILTER_GROUP),
+    ([ALICE], [GROUP_LINE], "ERROR:ssh:user bob cannot be resolved " + UNRESOLVED),
+])
+def test_group_filter_that_cannot_resolve_a_name_sends_no_user_count(run_collector, receiver, sessions, tmp_path,
+                                                                      passwd, group, error):
+    """Real getgrnam and getpwnam over the files a private mount namespace puts on /etc/group and /etc/passwd:
+    a name they cannot resolve is the run's one error, and no document says fewer users than are logged in."""
+    prefix, env = user_database(tmp_path, passwd, group)
+    done = run_collector("ssh.py", "-g", FILTER_GROUP, "--utmp", sessions, "--state-dir", tmp_path / "state",
+                         *receiver.args(), env=dict(env, AFMETRICS_TOKEN="tok"), cwd=tmp_path, prefix=prefix)
+    if error is None:
+        assert (done.returncode, done.stderr) == (0, "")
+        assert [document["users"] for document in receiver.documents] == [["alice"]]
+    else:
+        assert done.returncode == 1
+        assert log_lines(done.stderr) == [error]
+        assert receiver.documents == []
 
 
 def test_missing_who_is_one_line_error(run_collector, tmp_path):
