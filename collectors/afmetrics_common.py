@@ -28,8 +28,8 @@ from afmetrics_record import LastError, load_record, recorded_collectors, save_r
 from afmetrics_state import Spool, StateDir
 from afmetrics_status import UNKNOWN as STATUS_UNKNOWN, status_report, write_textfile
 
-__all__ = ["COLLECTOR_SETTINGS", "COMMON_SETTINGS", "KUBERNETES_SERVICEACCOUNT_DIR", "SourceError", "UsageError",
-           "__version__", "add_exclude_owner_argument", "main", "network_failure", "script_main"]
+__all__ = ["COLLECTOR_SETTINGS", "COMMON_SETTINGS", "IN_UTC", "KUBERNETES_SERVICEACCOUNT_DIR", "SourceError",
+           "UsageError", "__version__", "add_exclude_owner_argument", "main", "network_failure", "script_main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -62,11 +62,17 @@ def setup_logging(verbosity, log_file=""):
     logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
-def run_command(argv, timeout):
-    """Run a command and return its stdout; any failure becomes a one-line SourceError."""
+# The environment of a command given times as UTC wall-clock time: local time repeats an hour when daylight
+# saving ends, and a tool reading such a time (sacct, last) may take the other of the two; UTC repeats none.
+IN_UTC = {"TZ": "UTC0"}
+
+
+def run_command(argv, timeout, env=None):
+    """Run a command, with the variables of env added to this process's environment, and return its stdout; any
+    failure becomes a one-line SourceError."""
     try:
         done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, env=dict(os.environ, **env) if env else None)
     except FileNotFoundError:
         raise SourceError("%s not found on PATH" % argv[0])
     except subprocess.TimeoutExpired:
@@ -120,9 +126,9 @@ class Run:
             raise SourceError("run budget of %g s used up" % self.opts.run_budget)
         return min(self.opts.timeout, left)
 
-    def command(self, argv):
+    def command(self, argv, env=None):
         self.log.debug("running %s", " ".join(argv))
-        return run_command(argv, self.timeout())
+        return run_command(argv, self.timeout(), env)
 
     def login_node(self):
         return login_node(self.opts)

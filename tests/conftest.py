@@ -106,6 +106,7 @@ def user_database(directory, passwd=(), group=()):
     """(argv prefix, environment) that run a collector with this host's /etc/passwd and /etc/group, the given
     lines added, bound over the real ones in a private mount namespace: glibc's getpwnam and getgrnam (the files
     backend) answer from them."""
+    directory.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, lines in (("passwd", passwd), ("group", group)):
         files[name] = directory / name

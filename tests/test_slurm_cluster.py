@@ -7,13 +7,15 @@ because they stop and freeze slurmctld.
 """
 import collections
 import json
+import os
 import signal
+import subprocess
 import time
 
 import pytest
 
-from conftest import batch_collector, jobs_by_id_of_kind, log_lines, of_kind
-from slurm_cluster import FINAL_STATES, expand
+from conftest import batch_collector, jobs_by_id_of_kind, log_lines, of_kind, user_database
+from slurm_cluster import FINAL_STATES, USERS, expand
 
 pytestmark = pytest.mark.slurm
 
@@ -223,9 +225,9 @@ def test_each_finished_job_is_reported_once_across_runs(slurm_cluster, job_mix, 
         cluster.open_gate("gate-1")
         cluster.wait_for("gated job 1 to end", lambda jobs: job_mix.gated[1] not in jobs)
         done, documents = run({}, returncode=1)
-        errors = [line for line in log_lines(done.stderr) if line.startswith(("ERROR", "CRITICAL"))]
-        assert len(errors) == 1 and errors[0].startswith("ERROR:slurm:sacct failed"), done.stderr
-        assert errors[0].endswith("finished jobs are reported once sacct answers")
+        [error] = errors(done)
+        assert error.startswith("ERROR:slurm:sacct failed"), done.stderr
+        assert error.endswith("finished jobs are reported once sacct answers")
         assert sorted(doc["queue"] for doc in of_kind(documents, "slurmqueue")) == ["all", "both", "short"]
         assert cluster.agent_queue() > 0
     finally:
@@ -306,14 +308,78 @@ def test_malformed_squeue_lines_are_skipped_with_one_warning(slurm_cluster, job_
     assert set(slurm_cluster.queue()) <= set(jobs_by_id(documents))
 
 
+def errors(done):
+    return [line for line in log_lines(done.stderr) if line.startswith(("ERROR", "CRITICAL"))]
+
+
+def test_group_that_cannot_be_resolved_leaves_the_cursor(slurm_cluster, collect, tmp_path):
+    """-g with the user directory down for one run (getgrnam, over the /etc/group of a private mount namespace,
+    finds no such group): that run sends nothing of Slurm and leaves its cursor, and the job that finished
+    meanwhile is reported once the group resolves again."""
+    cluster, state = slurm_cluster, tmp_path / "state"
+    directory_up = user_database(tmp_path / "up", group=["afmslurm:x:4400:" + ",".join(USERS)])
+    directory_down = user_database(tmp_path / "down")
+
+    def run(directory):
+        prefix, env = directory
+        return collect(*QUEUES, "-g", "afmslurm", prefix=prefix, env=dict(cluster.environment(), **env))
+
+    assert run(directory_up)[0].returncode == 0
+    job = cluster.sbatch("alice", "-p", "short", command="/bin/true")
+    cluster.wait_in_sacct([job])
+    cursor = (state / "slurm_sacct.json").read_text()
+    done, documents, _ = run(directory_down)
+    assert done.returncode == 1
+    assert errors(done) == ["ERROR:slurm:group afmslurm cannot be resolved (getgrnam: no such group, or the user "
+                            "directory is down): users cannot be filtered"]
+    assert documents == []
+    assert (state / "slurm_sacct.json").read_text() == cursor
+    done, documents, _ = run(directory_up)
+    assert done.returncode == 0, done.stderr
+    assert jobs_by_id(documents)[job]["state"] == "completed"
+
+
+def falling_back(moment):
+    """A POSIX TZ whose daylight saving ends (UTC-5 to UTC-6, as in America/Chicago) half an hour before moment,
+    which is then in the second of the two hours local time repeats; the rule starts daylight saving half a year
+    before."""
+    change = time.gmtime(moment - 1800 - 5 * 3600)  # the local time of the change, by the daylight clock
+    day = change.tm_yday - 1  # POSIX TZ days count from 0
+    return "CST6CDT,%d/0,%d/%02d:%02d:%02d" % ((day + 183) % 365, day, change.tm_hour, change.tm_min, change.tm_sec)
+
+
+def local_time(moment, zone):
+    return subprocess.run(["date", "-d", "@%d" % moment, "+%F %T"], capture_output=True, text=True, check=True,
+                          env=dict(os.environ, TZ=zone)).stdout
+
+
+def test_finished_job_is_not_reported_again_in_the_repeated_hour(slurm_cluster, collect, tmp_path):
+    """The cursor in the hour local time repeats when daylight saving ends, just after a job the previous run
+    reported ended: sacct must not read the cursor as the hour before, which reports the job again."""
+    cluster, state = slurm_cluster, tmp_path / "state"
+    job = cluster.sbatch("alice", "-p", "short", command="/bin/true")
+    cluster.wait_in_sacct([job])
+    ended = int(cluster.run("env", "SLURM_TIME_FORMAT=%s", "sacct", "-n", "-X", "-P", "-o", "End", "-j", job)
+                .stdout)
+    cursor = ended + 1
+    cluster.wait_until("the cursor is past", lambda: time.time() > cursor)
+    state.mkdir()
+    (state / "slurm_sacct.json").write_text(json.dumps({"since": cursor, "seen": {}}))
+    zone = falling_back(cursor)
+    assert local_time(cursor, zone) == local_time(cursor - 3600, zone)  # the repeated hour
+    done, documents, _ = collect(*QUEUES, env=dict(cluster.environment(), TZ=zone))
+    assert done.returncode == 0, done.stderr
+    assert job not in jobs_by_id(documents)
+
+
 def assert_fails_within_timeout(collect, timeout=FAULT_TIMEOUT):
     """slurm.py and the umbrella with --host: exit 1 within the timeout, one error line naming squeue,
     nothing of slurm delivered, and the host documents delivered all the same; the error line."""
     done, documents, took = collect(*QUEUES, "--timeout", timeout)
     assert done.returncode == 1, done.stderr
     assert took < timeout + PYTHON_START_SLACK
-    errors = [line for line in log_lines(done.stderr) if line.startswith(("ERROR", "CRITICAL"))]
-    assert len(errors) == 1 and errors[0].startswith("ERROR:slurm:squeue "), done.stderr
+    [error] = errors(done)
+    assert error.startswith("ERROR:slurm:squeue "), done.stderr
     assert documents == []
 
     done, documents, took = collect("--slurm", "--host", "--disk", "/", *QUEUES, "--timeout", timeout,
@@ -322,7 +388,7 @@ def assert_fails_within_timeout(collect, timeout=FAULT_TIMEOUT):
     assert took < timeout + PYTHON_START_SLACK
     assert {"CPU", "MEM", "DISK"} <= {doc["kind"] for doc in documents}
     assert not [doc for doc in documents if doc["kind"].startswith("slurm")]
-    return errors[0]
+    return error
 
 
 def test_frozen_slurmctld(slurm_cluster, job_mix, collect):
