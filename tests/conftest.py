@@ -115,6 +115,21 @@ def user_database(directory, passwd=(), group=()):
     return private_mounts(setup), {"AFM_PASSWD": str(files["passwd"]), "AFM_GROUP": str(files["group"])}
 
 
+def falling_back(moment):
+    """A POSIX TZ whose daylight saving ends (UTC-5 to UTC-6, as in America/Chicago) half an hour before moment,
+    which is then in the second of the two hours local time repeats; the rule starts daylight saving half a year
+    before."""
+    change = time.gmtime(moment - 1800 - 5 * 3600)  # the local time of the change, by the daylight clock
+    day = change.tm_yday - 1  # POSIX TZ days count from 0
+    return "CST6CDT,%d/0,%d/%02d:%02d:%02d" % ((day + 183) % 365, day, change.tm_hour, change.tm_min, change.tm_sec)
+
+
+def local_time(moment, zone):
+    """moment (seconds since the epoch) as the wall clock of zone (a TZ value) shows it, as date(1) tells."""
+    return subprocess.run(["date", "-d", "@%d" % moment, "+%F %T"], capture_output=True, text=True, check=True,
+                          env=dict(os.environ, TZ=zone)).stdout
+
+
 @pytest.fixture
 def sessions(tmp_path):
     """A real utmp file with alice and bob logged in."""

@@ -7,14 +7,12 @@ because they stop and freeze slurmctld.
 """
 import collections
 import json
-import os
 import signal
-import subprocess
 import time
 
 import pytest
 
-from conftest import batch_collector, jobs_by_id_of_kind, log_lines, of_kind, user_database
+from conftest import batch_collector, falling_back, jobs_by_id_of_kind, local_time, log_lines, of_kind, user_database
 from slurm_cluster import FINAL_STATES, USERS, expand
 
 pytestmark = pytest.mark.slurm
@@ -337,20 +335,6 @@ def test_group_that_cannot_be_resolved_leaves_the_cursor(slurm_cluster, collect,
     done, documents, _ = run(directory_up)
     assert done.returncode == 0, done.stderr
     assert jobs_by_id(documents)[job]["state"] == "completed"
-
-
-def falling_back(moment):
-    """A POSIX TZ whose daylight saving ends (UTC-5 to UTC-6, as in America/Chicago) half an hour before moment,
-    which is then in the second of the two hours local time repeats; the rule starts daylight saving half a year
-    before."""
-    change = time.gmtime(moment - 1800 - 5 * 3600)  # the local time of the change, by the daylight clock
-    day = change.tm_yday - 1  # POSIX TZ days count from 0
-    return "CST6CDT,%d/0,%d/%02d:%02d:%02d" % ((day + 183) % 365, day, change.tm_hour, change.tm_min, change.tm_sec)
-
-
-def local_time(moment, zone):
-    return subprocess.run(["date", "-d", "@%d" % moment, "+%F %T"], capture_output=True, text=True, check=True,
-                          env=dict(os.environ, TZ=zone)).stdout
 
 
 def test_finished_job_is_not_reported_again_in_the_repeated_hour(slurm_cluster, collect, tmp_path):

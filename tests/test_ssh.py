@@ -1,5 +1,6 @@
 """ssh.py: who and last over real utmp/wtmp files, then the script as cron runs it; and on a real Debian 13
 tree (tests/debian13.py), where last is wtmpdb's or missing and who may have no utmp file to read."""
+import calendar
 import json
 import shutil
 import subprocess
@@ -9,7 +10,7 @@ import pytest
 
 import ssh
 import utmp
-from conftest import json_lines, log_lines, skip_or_fail, user_database
+from conftest import falling_back, json_lines, local_time, log_lines, skip_or_fail, user_database
 from debian13 import Debian13, Unavailable, cached_tarball
 
 # A user name as long as utmp allows (glibc's UT_NAMESIZE).
@@ -53,8 +54,8 @@ def test_parse_last_drops_reboot_and_trailer_of_real_last(wtmp_file):
     assert sorted(ssh.parse_last(output)) == ["a_very_long_username", "flash"]
 
 
-def test_last_argv_asks_for_the_last_5_minutes_as_both_lasts_read_a_time():
-    now = time.mktime((2026, 11, 23, 8, 33, 49, 0, 0, -1))
+def test_last_argv_asks_for_the_last_5_minutes_in_utc_as_both_lasts_read_a_time():
+    now = calendar.timegm((2026, 11, 23, 8, 33, 49))
     assert ssh.last_argv(now, "") == ["last", "-w", "-s", "2026-11-23 08:28:49"]
     assert ssh.last_argv(now, "/var/log/wtmp.db")[-2:] == ["-f", "/var/log/wtmp.db"]
 
@@ -82,6 +83,19 @@ def test_ssh_history_adds_recent_logins(run_collector, utmp_file, wtmp_file, tmp
     assert done.returncode == 0, done.stderr
     document = json.loads((tmp_path / "ssh.json").read_text())
     assert document["users"] == ["a_very_long_username", "alice", "bob", "flash"]
+
+
+def test_ssh_history_is_5_minutes_also_in_the_hour_daylight_saving_repeats(run_collector, sessions, tmp_path):
+    """5 minutes ago in the second of the two hours local time repeats, which a last given local time reads as
+    the first: the session that ended half an hour ago would count."""
+    earlier = utmp.write(tmp_path / "wtmp", utmp.login("earlier", "pts/7", 1800, 301), utmp.logout("pts/7", 1700, 301))
+    since = time.time() - ssh.HISTORY_SECONDS
+    zone = falling_back(since)
+    assert local_time(since, zone) == local_time(since - 3600, zone)  # the repeated hour
+    done = run_collector("ssh.py", "-d", "-S", "--utmp", sessions, "--wtmp", earlier, "--state-dir",
+                         tmp_path / "state", cwd=tmp_path, env={"TZ": zone})
+    assert done.returncode == 0, done.stderr
+    assert json_lines(tmp_path / "ssh.json")[0]["users"] == ["alice", "bob"]
 
 
 def test_32_character_name_counted_once_though_last_cuts_it(run_collector, tmp_path):
