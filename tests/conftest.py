@@ -130,6 +130,26 @@ def local_time(moment, zone):
                           env=dict(os.environ, TZ=zone)).stdout
 
 
+def group_filter_runs(system, collect, directory, users, *args):
+    """(with_group, directory_down): functions running collect(*args, "-g", "afmgroup") against the batch system,
+    the first with a group afmgroup of users in /etc/group, the second with none, as getgrnam sees it with the
+    user directory down (user_database)."""
+    def runner(database):
+        prefix, env = database
+        return lambda: collect(*args, "-g", "afmgroup", prefix=prefix, env=dict(system.environment(), **env))
+    return (runner(user_database(directory / "up", group=["afmgroup:x:4400:" + ",".join(users)])),
+            runner(user_database(directory / "down")))
+
+
+def errors(done):
+    """The ERROR and CRITICAL lines a collector logged."""
+    return [line for line in log_lines(done.stderr) if line.startswith(("ERROR", "CRITICAL"))]
+
+
+UNRESOLVED_GROUP = ("cannot be resolved (getgrnam: no such group, or the user directory is down): users cannot be "
+                    "filtered")
+
+
 @pytest.fixture
 def sessions(tmp_path):
     """A real utmp file with alice and bob logged in."""

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from conftest import batch_collector, falling_back, jobs_by_id_of_kind, local_time, log_lines, of_kind, user_database
+from conftest import (UNRESOLVED_GROUP, batch_collector, errors, falling_back, group_filter_runs, jobs_by_id_of_kind,
+                      local_time, log_lines, of_kind)
 from slurm_cluster import FINAL_STATES, USERS, expand
 
 pytestmark = pytest.mark.slurm
@@ -306,33 +307,22 @@ def test_malformed_squeue_lines_are_skipped_with_one_warning(slurm_cluster, job_
     assert set(slurm_cluster.queue()) <= set(jobs_by_id(documents))
 
 
-def errors(done):
-    return [line for line in log_lines(done.stderr) if line.startswith(("ERROR", "CRITICAL"))]
-
-
 def test_group_that_cannot_be_resolved_leaves_the_cursor(slurm_cluster, collect, tmp_path):
     """-g with the user directory down for one run (getgrnam, over the /etc/group of a private mount namespace,
     finds no such group): that run sends nothing of Slurm and leaves its cursor, and the job that finished
     meanwhile is reported once the group resolves again."""
     cluster, state = slurm_cluster, tmp_path / "state"
-    directory_up = user_database(tmp_path / "up", group=["afmslurm:x:4400:" + ",".join(USERS)])
-    directory_down = user_database(tmp_path / "down")
-
-    def run(directory):
-        prefix, env = directory
-        return collect(*QUEUES, "-g", "afmslurm", prefix=prefix, env=dict(cluster.environment(), **env))
-
-    assert run(directory_up)[0].returncode == 0
+    with_group, directory_down = group_filter_runs(cluster, collect, tmp_path, USERS, *QUEUES)
+    assert with_group()[0].returncode == 0
     job = cluster.sbatch("alice", "-p", "short", command="/bin/true")
     cluster.wait_in_sacct([job])
     cursor = (state / "slurm_sacct.json").read_text()
-    done, documents, _ = run(directory_down)
+    done, documents, _ = directory_down()
     assert done.returncode == 1
-    assert errors(done) == ["ERROR:slurm:group afmslurm cannot be resolved (getgrnam: no such group, or the user "
-                            "directory is down): users cannot be filtered"]
+    assert errors(done) == ["ERROR:slurm:group afmgroup " + UNRESOLVED_GROUP]
     assert documents == []
     assert (state / "slurm_sacct.json").read_text() == cursor
-    done, documents, _ = run(directory_up)
+    done, documents, _ = with_group()
     assert done.returncode == 0, done.stderr
     assert jobs_by_id(documents)[job]["state"] == "completed"
 
