@@ -102,14 +102,16 @@ class Run:
     """What a collector's collect() gets: its settings, logger, state dir, user filter and host name.
 
     State a collector wants to keep (a history cursor, a baseline) goes in after_delivery as a function: it runs
-    only in a real run, once every document of the run was delivered or spooled.
+    only in a real run, once every document of the run was delivered or spooled. State a collector must record
+    before its documents leave (where a sent interval ends) it writes itself, and puts in not_delivered a
+    function that puts it back: it runs when the run's documents were not all collected and delivered or spooled.
     """
 
     def __init__(self, name, opts, users, deadline):
         self.name, self.opts, self.users, self.deadline = name, opts, users, deadline
         self.log = logging.getLogger(name)
         self.state = StateDir(opts.state_dir, self.log)
-        self.after_delivery = []
+        self.after_delivery, self.not_delivered = [], []
         self.partly_failed = False
         self.source_error = ""  # the first source failure's line, for the run record
 
@@ -207,14 +209,13 @@ def collect_and_deliver(module, opts, users, delivery, deadline):
                 run.log.info("collected %d document(s)", collection.count)
             everything_delivered = delivered.kept_all and not (delivered.spool_documents or delivered.refused)
             status = EXIT_OK if everything_delivered and not collection.failed else EXIT_FAILED
-            if collection.complete and delivered.kept_all:
-                for commit in run.after_delivery:
-                    try:
-                        commit()
-                    except OSError as error:
-                        run.log.error("cannot save state: %s: %s (the next run may send some documents again)",
-                                      error.strerror, error.filename)
-                        status = EXIT_FAILED
+            for commit in run.after_delivery if collection.complete and delivered.kept_all else run.not_delivered:
+                try:
+                    commit()
+                except OSError as error:
+                    run.log.error("cannot save state: %s: %s (the next run may send some documents again)",
+                                  error.strerror, error.filename)
+                    status = EXIT_FAILED
             if run.partly_failed:
                 status = EXIT_FAILED
         return keep_record(run, started, status, collection, delivered, last_error.message)

@@ -5,7 +5,7 @@ previous run from /proc/diskstats).
 
 Each interval's end, the new baseline, is stored before the interval is sent, and an interval whose end cannot be
 stored is not sent: the next run measures from the baseline it finds, and a stored end is one no later document
-covers again (a run that then fails to deliver or spool them loses those figures rather than repeating them).
+covers again. A run whose documents can be neither delivered nor spooled puts the baseline back.
 
 Example: python3 collectors/host.py -d -v --disk / --disk /home
 """
@@ -110,10 +110,10 @@ def stale_reason(taken, now, max_age):
     return None
 
 
-def usable_baseline(run, name, fields, now, label):
-    """The {"time": t, FIELD: ...} baseline in state file name, FIELD one of fields, when it can give deltas at
+def usable_baseline(run, stored, fields, now, label):
+    """The {"time": t, FIELD: ...} baseline a state file stored, FIELD one of fields, when it can give deltas at
     time now; else None, and one info line starting with label says why (none yet, or stale)."""
-    stored = stored_counters(run.state.load(name), fields, run.log)
+    stored = stored_counters(stored, fields, run.log)
     if stored is None:
         run.log.info("%s stored, first figures on the next run", label)
         return None
@@ -124,10 +124,12 @@ def usable_baseline(run, name, fields, now, label):
     return stored
 
 
-def recorded(run, name, baseline, what):
+def recorded(run, name, baseline, stored, what):
     """Store baseline in state file name before the interval that ends at it leaves, and say whether it was
-    stored: an interval whose end is not recorded would be measured again, and sent again, by the next run. A
-    debug run records nothing (and sends nothing); one that cannot record is one error line, exit 1."""
+    stored: an interval whose end is not recorded would be measured again, and sent again, by the next run. Should
+    the run's documents be neither delivered nor spooled, the file gets back what it held, stored (None: nothing),
+    and the next run's interval covers this one's. A debug run records nothing (and sends nothing); one that
+    cannot record is one error line, exit 1."""
     if run.opts.debug:
         return True
     try:
@@ -136,7 +138,22 @@ def recorded(run, name, baseline, what):
         run.source_failed("cannot store the %s baseline: %s: %s: %s figures not sent (the next run would count "
                           "them again)" % (what, error.strerror, error.filename, what))
         return False
+    run.not_delivered.append(lambda: put_back(run, name, stored, what))
     return True
+
+
+def put_back(run, name, stored, what):
+    """State file name as it was before the run: stored, or none when stored is None."""
+    try:
+        if stored is None:
+            os.unlink(run.state.file(name))
+        else:
+            run.state.save(name, stored)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        run.source_failed("cannot put the %s baseline back: %s: %s: the %s figures of this run are lost"
+                          % (what, error.strerror, error.filename, what))
 
 
 def this_boot():
@@ -208,8 +225,9 @@ def network_deltas(before, now):
 
 def network_document(run, node, now):
     current = {"time": now, "boot": this_boot(), "interfaces": interface_counters()}
-    previous = usable_baseline(run, NETWORK_STATE, ("interfaces", "counters"), now, "NETWORK: baseline")
-    if not recorded(run, NETWORK_STATE, current, "NETWORK") or previous is None:
+    stored = run.state.load(NETWORK_STATE)
+    previous = usable_baseline(run, stored, ("interfaces", "counters"), now, "NETWORK: baseline")
+    if not recorded(run, NETWORK_STATE, current, stored, "NETWORK") or previous is None:
         return []
     before = baseline_interfaces(previous)
     if before is None:
@@ -238,8 +256,9 @@ def disk_documents(run, node, now):
     except OSError as error:
         run.log.warning("DISK: no I/O figures: %s", error)
         io_now = {}
-    io_before = usable_baseline(run, DISKSTATS_STATE, ("devices",), now, "DISK: I/O baseline")
-    if not recorded(run, DISKSTATS_STATE, {"time": now, "devices": io_now}, "DISK I/O") or not io_before \
+    stored = run.state.load(DISKSTATS_STATE)
+    io_before = usable_baseline(run, stored, ("devices",), now, "DISK: I/O baseline")
+    if not recorded(run, DISKSTATS_STATE, {"time": now, "devices": io_now}, stored, "DISK I/O") or not io_before \
             or not isinstance(io_before["devices"], dict):
         io_before = {"time": now, "devices": {}}  # no deltas: the usage goes alone
     partitions = psutil.disk_partitions(all=True)
