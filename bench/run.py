@@ -213,7 +213,7 @@ def bench_slurm(table, runs, workdir, sizes=(10000, 50000)):
             calls = [slurm.squeue_command(), ["sdiag"], slurm.sacct_command(time.time() - 360, time.time() + 86400)]
             script = " && ".join(" ".join("'%s'" % arg for arg in call) + " >/dev/null" for call in calls)
             table.add("  floor: its squeue, sdiag and sacct calls alone, %d jobs" % size,
-                      *measure(["sh", "-c", script], runs, dict(env, SLURM_TIME_FORMAT="%s")),
+                      *measure(["sh", "-c", script], runs, dict(env, **slurm.SACCT_ENVIRONMENT)),
                       command="squeue --all --array --noheader --Format=...")
     finally:
         for endpoint in endpoints:

@@ -20,7 +20,7 @@ import sys
 import time
 
 from afmetrics_delivery import TOO_LARGE, Delivery, endpoint_key, network_failure, with_token
-from afmetrics_privacy import UserFilter, host_name, login_node
+from afmetrics_privacy import UnresolvedName, UserFilter, host_name, login_node
 from afmetrics_settings import (COLLECTOR_SETTINGS, COMMON_SETTINGS, KUBERNETES_SERVICEACCOUNT_DIR, UsageError,
                                 __version__, add_common_arguments, add_exclude_owner_argument, resolve_settings,
                                 warn_about_visible_secrets)
@@ -28,8 +28,9 @@ from afmetrics_record import LastError, load_record, recorded_collectors, save_r
 from afmetrics_state import Spool, StateDir, iso_timestamp, this_boot
 from afmetrics_status import UNKNOWN as STATUS_UNKNOWN, status_report, write_textfile
 
-__all__ = ["COLLECTOR_SETTINGS", "COMMON_SETTINGS", "KUBERNETES_SERVICEACCOUNT_DIR", "SourceError", "UsageError",
-           "__version__", "add_exclude_owner_argument", "main", "network_failure", "script_main", "this_boot"]
+__all__ = ["COLLECTOR_SETTINGS", "COMMON_SETTINGS", "IN_UTC", "KUBERNETES_SERVICEACCOUNT_DIR", "SourceError",
+           "UsageError", "__version__", "add_exclude_owner_argument", "main", "network_failure", "script_main",
+           "this_boot"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -62,11 +63,17 @@ def setup_logging(verbosity, log_file=""):
     logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
-def run_command(argv, timeout):
-    """Run a command and return its stdout; any failure becomes a one-line SourceError."""
+# The environment of a command given times as UTC wall-clock time: local time repeats an hour when daylight
+# saving ends, and a tool reading such a time (sacct, last) may take the other of the two; UTC repeats none.
+IN_UTC = {"TZ": "UTC0"}
+
+
+def run_command(argv, timeout, env=None):
+    """Run a command, with the variables of env added to this process's environment, and return its stdout; any
+    failure becomes a one-line SourceError."""
     try:
         done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, env=dict(os.environ, **env) if env else None)
     except FileNotFoundError:
         raise SourceError("%s not found on PATH" % argv[0])
     except subprocess.TimeoutExpired:
@@ -96,14 +103,16 @@ class Run:
     """What a collector's collect() gets: its settings, logger, state dir, user filter and host name.
 
     State a collector wants to keep (a history cursor, a baseline) goes in after_delivery as a function: it runs
-    only in a real run, once every document of the run was delivered or spooled.
+    only in a real run, once every document of the run was delivered or spooled. State a collector must record
+    before its documents leave (where a sent interval ends) it writes itself, and puts in not_delivered a
+    function that puts it back: it runs when the run's documents were not all collected and delivered or spooled.
     """
 
     def __init__(self, name, opts, users, deadline):
         self.name, self.opts, self.users, self.deadline = name, opts, users, deadline
         self.log = logging.getLogger(name)
         self.state = StateDir(opts.state_dir, self.log)
-        self.after_delivery = []
+        self.after_delivery, self.not_delivered = [], []
         self.partly_failed = False
         self.source_error = ""  # the first source failure's line, for the run record
 
@@ -120,9 +129,9 @@ class Run:
             raise SourceError("run budget of %g s used up" % self.opts.run_budget)
         return min(self.opts.timeout, left)
 
-    def command(self, argv):
+    def command(self, argv, env=None):
         self.log.debug("running %s", " ".join(argv))
-        return run_command(argv, self.timeout())
+        return run_command(argv, self.timeout(), env)
 
     def login_node(self):
         return login_node(self.opts)
@@ -144,7 +153,7 @@ class Collection:
             for document in self.module.collect(run):
                 self.count += 1
                 yield dict(document, cluster=opts.cluster)
-        except SourceError as error:
+        except (SourceError, UnresolvedName) as error:
             run.log.error("%s", error)
             self.failed = True
             run.source_error = run.source_error or str(error)
@@ -202,14 +211,16 @@ def collect_and_deliver(module, opts, users, delivery, deadline):
                 run.log.info("collected %d document(s)", collection.count)
             everything_delivered = delivered.kept_all and not (delivered.spool_documents or delivered.refused)
             status = EXIT_OK if everything_delivered and not collection.failed else EXIT_FAILED
-            if collection.complete and delivered.kept_all:
-                for commit in run.after_delivery:
-                    try:
-                        commit()
-                    except OSError as error:
-                        run.log.error("cannot save state: %s: %s (the next run may send some documents again)",
-                                      error.strerror, error.filename)
-                        status = EXIT_FAILED
+            # Documents neither delivered nor kept: what the run moved before sending goes back. Else the state
+            # moves on once the collector ran to its end.
+            commits = run.not_delivered if not delivered.kept_all else run.after_delivery if collection.complete else []
+            for commit in commits:
+                try:
+                    commit()
+                except OSError as error:
+                    run.log.error("cannot save state: %s: %s (the next run may send some documents again)",
+                                  error.strerror, error.filename)
+                    status = EXIT_FAILED
             if run.partly_failed:
                 status = EXIT_FAILED
         return keep_record(run, started, status, collection, delivered, last_error.message)

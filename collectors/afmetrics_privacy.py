@@ -59,8 +59,20 @@ def check_user_hash(opts):
                                         % (origin, user_hash, " or ".join(sorted(USER_HASHES))))
 
 
+class UnresolvedName(Exception):
+    """The user database could not resolve the filter's group: a source failure (glibc says "not found" alike for a
+    group that does not exist and for a directory, sssd or LDAP, that does not answer, and a configured group is
+    never rightly absent). A user it cannot resolve is left out, as SPEC.md says of an unknown user: a deleted
+    account's finished job must not stop every later run."""
+
+
 class UserFilter:
-    """Applies the group filter and user obfuscation, looking each user up once per run."""
+    """Applies the group filter and user obfuscation, looking each user up once per run.
+
+    A collector calls decide() with every user it will report before it makes its first document: a group the
+    user database cannot resolve then costs the run its documents (one error, exit 1, no cursor moved), never
+    documents that leave every user out, nor events sent before the failure and again by the run after it.
+    """
 
     def __init__(self, opts, logger):
         self.log = logger
@@ -68,14 +80,17 @@ class UserFilter:
         self.salt = opts.salt
         self.obfuscate = opts.obfuscate_users
         self.group = opts.group
-        self.members, self.gid = set(), None
+        self.members, self.gid = None, None  # the group's, once resolved
         self.verdicts, self.primary_gids = {}, None
-        if self.group:
+
+    def _resolve_group(self):
+        if self.members is None:
             try:
                 entry = grp.getgrnam(self.group)
-                self.gid, self.members = entry.gr_gid, set(entry.gr_mem)
             except KeyError:
-                logger.warning("group %s does not exist on this host: every user is left out", self.group)
+                raise UnresolvedName("group %s cannot be resolved (getgrnam: no such group, or the user directory "
+                                     "is down): users cannot be filtered" % self.group)
+            self.gid, self.members = entry.gr_gid, set(entry.gr_mem)
 
     def _primary_gid(self, user):
         # With the files backend every getpwnam() reads /etc/passwd from the top, which makes thousands of
@@ -88,26 +103,33 @@ class UserFilter:
         try:
             return pwd.getpwnam(user).pw_gid
         except KeyError:
+            self.log.debug("user %s is not known on this host: left out by the group filter", user)
             return None
 
     def _in_group(self, user):
-        if user in self.members:
-            return True
-        gid = self._primary_gid(user)
-        if gid is None:
-            self.log.debug("user %s is not known on this host: left out by the group filter", user)
-        return gid is not None and gid == self.gid
+        return user in self.members or self._primary_gid(user) == self.gid
+
+    def decide(self, users):
+        """Decide on each of users now; raises UnresolvedName for a group the user database cannot resolve (when
+        there is one, with or without users)."""
+        if self.group:
+            self._resolve_group()
+        for user in users:
+            if user not in self.verdicts:
+                if self.group and not self._in_group(user):
+                    self.verdicts[user] = None
+                else:
+                    self.verdicts[user] = obfuscate_user(user, self.salt, self.user_hash) if self.obfuscate else user
 
     def report_name(self, user):
-        """The name to report for user, or None when the group filter leaves the user out."""
+        """The name to report for user, or None when the group filter leaves the user out; decided now when
+        decide() was not given it (raising UnresolvedName as decide() does)."""
         if user not in self.verdicts:
-            if self.group and not self._in_group(user):
-                self.verdicts[user] = None
-            else:
-                self.verdicts[user] = obfuscate_user(user, self.salt, self.user_hash) if self.obfuscate else user
+            self.decide([user])
         return self.verdicts[user]
 
     def report_names(self, users):
-        """Sorted, unique report names of the users the filter keeps."""
-        return sorted({name for name in map(self.report_name, users) if name is not None})
-
+        """Sorted, unique report names of the users the filter keeps; all decided before any is named."""
+        users = set(users)
+        self.decide(users)
+        return sorted({self.verdicts[user] for user in users} - {None})

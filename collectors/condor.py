@@ -264,6 +264,9 @@ def collect(run):
     # Filled while the jobs stream, read when the state is saved once they were all delivered.
     run.after_delivery.append(lambda: run.state.save(WATERMARK_STATE, next_state(state, ads, ended_in_queue, now)))
 
+    # Before the first document: a user the filter cannot decide on fails the run with nothing sent.
+    run.users.decide({job["Owner"] for job in itertools.chain(autoformat_rows(queue_text, JOB_ATTRS), finished)}
+                     - excluded)
     for name, constrained_text in queues:
         # The whole queue's rows are read twice (here quietly) rather than kept.
         rows = autoformat_rows(queue_text, JOB_ATTRS) if constrained_text is None else \

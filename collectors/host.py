@@ -3,6 +3,10 @@
 received since the previous run) and one DISK document per configured mount (usage, plus I/O since the
 previous run from /proc/diskstats).
 
+Each interval's end, the new baseline, is stored before the interval is sent, and an interval whose end cannot be
+stored is not sent: the next run measures from the baseline it finds, and a stored end is one no later document
+covers again. A run whose documents can be neither delivered nor spooled puts the baseline back.
+
 Example: python3 collectors/host.py -d -v --disk / --disk /home
 """
 import math
@@ -86,6 +90,13 @@ def device_of(path, partitions, realpath=os.path.realpath):
     return os.path.basename(realpath(device)) if device.startswith("/dev/") else device
 
 
+def is_mount_point(path, partitions, realpath=os.path.realpath):
+    """Whether a file system is mounted on path itself (through its links), partitions being
+    psutil.disk_partitions(all=True): /proc/self/mounts, which also knows a bind mount from the same file system
+    (os.path.ismount, comparing devices, does not)."""
+    return realpath(path) in {partition.mountpoint for partition in partitions}
+
+
 def stale_reason(taken, now, max_age):
     """Why a baseline taken at time taken gives no deltas at time now, or None when it does: counts over more
     than max_age seconds would show days of traffic as one interval (the old tool re-baselined after an hour),
@@ -98,10 +109,10 @@ def stale_reason(taken, now, max_age):
     return None
 
 
-def usable_baseline(run, name, fields, now, label):
-    """The {"time": t, FIELD: ...} baseline in state file name, FIELD one of fields, when it can give deltas at
+def usable_baseline(run, stored, fields, now, label):
+    """The {"time": t, FIELD: ...} baseline a state file stored, FIELD one of fields, when it can give deltas at
     time now; else None, and one info line starting with label says why (none yet, or stale)."""
-    stored = stored_counters(run.state.load(name), fields, run.log)
+    stored = stored_counters(stored, fields, run.log)
     if stored is None:
         run.log.info("%s stored, first figures on the next run", label)
         return None
@@ -110,6 +121,38 @@ def usable_baseline(run, name, fields, now, label):
         run.log.info("%s %s: new baseline stored, first figures on the next run", label, reason)
         return None
     return stored
+
+
+def recorded(run, name, baseline, stored, what):
+    """Store baseline in state file name before the interval that ends at it leaves, and say whether it was
+    stored: an interval whose end is not recorded would be measured again, and sent again, by the next run. Should
+    the run's documents be neither delivered nor spooled, the file gets back what it held, stored (None: nothing),
+    and the next run's interval covers this one's. A debug run records nothing (and sends nothing); one that
+    cannot record is one error line, exit 1."""
+    if run.opts.debug:
+        return True
+    try:
+        run.state.save(name, baseline)
+    except OSError as error:
+        run.source_failed("cannot store the %s baseline: %s: %s: %s figures not sent (the next run would count "
+                          "them again)" % (what, error.strerror, error.filename, what))
+        return False
+    run.not_delivered.append(lambda: put_back(run, name, stored, what))
+    return True
+
+
+def put_back(run, name, stored, what):
+    """State file name as it was before the run: stored, or none when stored is None."""
+    try:
+        if stored is None:
+            os.unlink(run.state.file(name))
+        else:
+            run.state.save(name, stored)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        run.source_failed("cannot put the %s baseline back: %s: %s: the %s figures of this run are lost"
+                          % (what, error.strerror, error.filename, what))
 
 
 def interface_counters():
@@ -172,9 +215,9 @@ def network_deltas(before, now):
 
 def network_document(run, node, now):
     current = {"time": now, "boot": common.this_boot(), "interfaces": interface_counters()}
-    previous = usable_baseline(run, NETWORK_STATE, ("interfaces", "counters"), now, "NETWORK: baseline")
-    run.after_delivery.append(lambda: run.state.save(NETWORK_STATE, current))
-    if previous is None:
+    stored = run.state.load(NETWORK_STATE)
+    previous = usable_baseline(run, stored, ("interfaces", "counters"), now, "NETWORK: baseline")
+    if not recorded(run, NETWORK_STATE, current, stored, "NETWORK") or previous is None:
         return []
     before = baseline_interfaces(previous)
     if before is None:
@@ -203,10 +246,11 @@ def disk_documents(run, node, now):
     except OSError as error:
         run.log.warning("DISK: no I/O figures: %s", error)
         io_now = {}
-    io_before = usable_baseline(run, DISKSTATS_STATE, ("devices",), now, "DISK: I/O baseline")
-    if not io_before or not isinstance(io_before["devices"], dict):
-        io_before = {"time": now, "devices": {}}
-    run.after_delivery.append(lambda: run.state.save(DISKSTATS_STATE, {"time": now, "devices": io_now}))
+    stored = run.state.load(DISKSTATS_STATE)
+    io_before = usable_baseline(run, stored, ("devices",), now, "DISK: I/O baseline")
+    if not recorded(run, DISKSTATS_STATE, {"time": now, "devices": io_now}, stored, "DISK I/O") or not io_before \
+            or not isinstance(io_before["devices"], dict):
+        io_before = {"time": now, "devices": {}}  # no deltas: the usage goes alone
     partitions = psutil.disk_partitions(all=True)
     documents = []
     for mount in run.opts.disks:
@@ -214,6 +258,10 @@ def disk_documents(run, node, now):
             usage = psutil.disk_usage(mount)
         except OSError as error:
             run.log.warning("DISK %s not reported: %s", mount, error.strerror)
+            continue
+        if not is_mount_point(mount, partitions):
+            # What statvfs saw there is the file system underneath (/ when the mount failed at boot).
+            run.log.warning("DISK %s not reported: nothing is mounted there", mount)
             continue
         device = device_of(mount, partitions)
         document = {"kind": "DISK", "login_node": node, "mount": mount, "total": usage.total,

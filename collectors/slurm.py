@@ -13,7 +13,6 @@ after the documents were delivered or spooled, never in a debug run.
 Example: python3 collectors/slurm.py -d -v --slurm-queue all: --slurm-queue short:short
 """
 import itertools
-import os
 import re
 import sys
 import time
@@ -30,6 +29,11 @@ SACCT_FIELDS = ["JobID", "User", "State", "ElapsedRaw", "End"]
 # Slurm's final states (sacct --state names them by these abbreviations); a job in one is reported once.
 FINAL_STATES = {"BF": "boot_fail", "CA": "cancelled", "CD": "completed", "DL": "deadline", "F": "failed",
                 "NF": "node_fail", "OOM": "out_of_memory", "PR": "preempted", "TO": "timeout"}
+# sacct reads --starttime in its local time, and in the hour that the end of daylight saving repeats it takes
+# the earlier of the two (Slurm's parse_time hands mktime a time whose DST it leaves unknown: SchedMD/slurm
+# src/common/parse_time.c), which reported that hour's finished jobs again: it is given UTC, and run in UTC.
+# End times come back as epoch seconds: no time zone or locale to get wrong.
+SACCT_ENVIRONMENT = dict(common.IN_UTC, SLURM_TIME_FORMAT="%s")
 CURSOR_STATE = "slurm_sacct.json"
 FIRST_LOOK_BACK = 360  # seconds of finished jobs the very first run reports
 # How far before now the cursor stops: more than the clock difference between this node and slurmctld, and
@@ -150,7 +154,9 @@ def queue_documents(queues, rows):
 
 
 def sacct_command(since, until):
-    window = [time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(moment)) for moment in (since, until)]
+    """sacct for the finished jobs that ended from since to until (seconds since the epoch), the window given
+    in UTC: to be run with SACCT_ENVIRONMENT."""
+    window = [time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment)) for moment in (since, until)]
     return ["sacct", "--allusers", "--allocations", "--noheader", "--parsable2",
             "--format=" + ",".join(SACCT_FIELDS), "--state=" + ",".join(sorted(FINAL_STATES)),
             "--starttime=" + window[0], "--endtime=" + window[1]]
@@ -240,11 +246,10 @@ def collect(run):
     if problem:
         log.warning("state file %s holds no sacct cursor: looking back %d s afresh", run.state.file(CURSOR_STATE),
                     FIRST_LOOK_BACK)
-    # End times as epoch seconds: no time zone or locale to get wrong.
-    os.environ["SLURM_TIME_FORMAT"] = "%s"
     try:
         # The end of the window is well ahead: a job slurmctld's clock dates later than ours is not cut off.
-        finished = list(sacct_rows(run.command(sacct_command(state["since"], now + 86400)), log))
+        finished = list(sacct_rows(run.command(sacct_command(state["since"], now + 86400), SACCT_ENVIRONMENT),
+                                   log))
     except common.SourceError as error:
         run.source_failed("%s: finished jobs are reported once sacct answers" % error)
         finished = None
@@ -258,6 +263,8 @@ def collect(run):
         run.after_delivery.append(lambda: run.state.save(CURSOR_STATE, next_state(
             state, [row for row in finished if row["id"] not in queued_still], not waiting, now)))
     queues = [parse_queue_spec(spec) for spec in opts.slurm_queues]
+    # Before the first document: a user the filter cannot decide on fails the run with nothing sent.
+    run.users.decide({row["user"] for row in itertools.chain(squeue_rows(queue_text), finished or ())} - excluded)
     yield from queue_documents(queues, squeue_rows(queue_text))
     done = {row["id"] for row in finished or ()}
 

@@ -46,12 +46,14 @@ def parse_last(text):
 
 
 def last_argv(now, wtmp):
-    """`last` for the logins since 5 minutes before NOW (seconds since the epoch), from WTMP when set.
+    """`last` for the logins since 5 minutes before NOW (seconds since the epoch), from WTMP when set; to be run
+    with common.IN_UTC.
 
-    An absolute local time: wtmpdb's last takes no relative one such as -5min, and util-linux's takes both.
-    -w: without it either last cuts names to 8 characters.
+    An absolute time: wtmpdb's last takes no relative one such as -5min, and util-linux's takes both. In UTC:
+    either last reads it as local time, and a local time of the hour repeated when daylight saving ends may be
+    read as the earlier one, an hour more of logins. -w: without it either last cuts names to 8 characters.
     """
-    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now - HISTORY_SECONDS))
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now - HISTORY_SECONDS))
     return ["last", "-w", "-s", since] + (["-f", wtmp] if wtmp else [])
 
 
@@ -65,7 +67,7 @@ def recent_users(run, who_users):
     """Users of the last 5 minutes from `last`; without a working last (Debian 13 may have none) the users
     logged in now still go."""
     try:
-        output = run.command(last_argv(time.time(), run.opts.wtmp))
+        output = run.command(last_argv(time.time(), run.opts.wtmp), common.IN_UTC)
     except common.SourceError as error:
         run.log.warning("%s: only users logged in now are counted", error)
         return []

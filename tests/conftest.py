@@ -133,6 +133,62 @@ def collector_environment(extra=None):
     return env
 
 
+def private_mounts(setup):
+    """The argv prefix that runs a command (a collector, as cron runs it) in a mount namespace of its own, which no
+    mount outlives, once the shell lines setup ran there (root; the command's environment reaches them)."""
+    if os.geteuid() != 0:
+        skip_or_fail("a private mount namespace needs root")
+    return ["unshare", "-m", "--propagation", "private", "sh", "-euc", setup + '\nexec "$@"', "sh"]
+
+
+def user_database(directory, passwd=(), group=()):
+    """(argv prefix, environment) that run a collector with this host's /etc/passwd and /etc/group, the given
+    lines added, bound over the real ones in a private mount namespace: glibc's getpwnam and getgrnam (the files
+    backend) answer from them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, lines in (("passwd", passwd), ("group", group)):
+        files[name] = directory / name
+        files[name].write_text(pathlib.Path("/etc", name).read_text() + "".join(line + "\n" for line in lines))
+    setup = 'mount --bind "$AFM_PASSWD" /etc/passwd\nmount --bind "$AFM_GROUP" /etc/group'
+    return private_mounts(setup), {"AFM_PASSWD": str(files["passwd"]), "AFM_GROUP": str(files["group"])}
+
+
+def falling_back(moment):
+    """A POSIX TZ whose daylight saving ends (UTC-5 to UTC-6, as in America/Chicago) half an hour before moment,
+    which is then in the second of the two hours local time repeats; the rule starts daylight saving half a year
+    before."""
+    change = time.gmtime(moment - 1800 - 5 * 3600)  # the local time of the change, by the daylight clock
+    day = change.tm_yday - 1  # POSIX TZ days count from 0
+    return "CST6CDT,%d/0,%d/%02d:%02d:%02d" % ((day + 183) % 365, day, change.tm_hour, change.tm_min, change.tm_sec)
+
+
+def local_time(moment, zone):
+    """moment (seconds since the epoch) as the wall clock of zone (a TZ value) shows it, as date(1) tells."""
+    return subprocess.run(["date", "-d", "@%d" % moment, "+%F %T"], capture_output=True, text=True, check=True,
+                          env=dict(os.environ, TZ=zone)).stdout
+
+
+def group_filter_runs(system, collect, directory, users, *args):
+    """(with_group, directory_down): functions running collect(*args, "-g", "afmgroup") against the batch system,
+    the first with a group afmgroup of users in /etc/group, the second with none, as getgrnam sees it with the
+    user directory down (user_database)."""
+    def runner(database):
+        prefix, env = database
+        return lambda: collect(*args, "-g", "afmgroup", prefix=prefix, env=dict(system.environment(), **env))
+    return (runner(user_database(directory / "up", group=["afmgroup:x:4400:" + ",".join(users)])),
+            runner(user_database(directory / "down")))
+
+
+def errors(done):
+    """The ERROR and CRITICAL lines a collector logged."""
+    return [line for line in log_lines(done.stderr) if line.startswith(("ERROR", "CRITICAL"))]
+
+
+UNRESOLVED_GROUP = ("cannot be resolved (getgrnam: no such group, or the user directory is down): users cannot be "
+                    "filtered")
+
+
 @pytest.fixture
 def sessions(tmp_path):
     """A real utmp file with alice and bob logged in."""
@@ -141,26 +197,27 @@ def sessions(tmp_path):
 
 @pytest.fixture
 def run_collector():
-    """run_collector("host.py", "-d", ..., env={...}, cwd=...) -> CompletedProcess (text)."""
-    def run(script, *args, env=None, cwd=None, timeout=120):
-        return subprocess.run([sys.executable, str(COLLECTORS / script)] + [str(arg) for arg in args],
+    """run_collector("host.py", "-d", ..., env={...}, cwd=..., prefix=[...]) -> CompletedProcess (text); prefix:
+    what runs the collector (private_mounts)."""
+    def run(script, *args, env=None, cwd=None, timeout=120, prefix=()):
+        return subprocess.run(list(prefix) + [sys.executable, str(COLLECTORS / script)] + [str(arg) for arg in args],
                               capture_output=True, text=True, env=collector_environment(env),
                               cwd=cwd, timeout=timeout, stdin=subprocess.DEVNULL)
     return run
 
 
 def batch_collector(system, script, receiver, run_collector, directory, token, cluster):
-    """run(*args, script=SCRIPT, state=None, env=None): the batch collector (or the umbrella) against a real batch
-    system (condor_pool, slurm_cluster), delivering to the receiver; returns (CompletedProcess, the documents this
-    run delivered, seconds it took)."""
+    """run(*args, script=SCRIPT, state=None, env=None, prefix=()): the batch collector (or the umbrella) against a
+    real batch system (condor_pool, slurm_cluster), delivering to the receiver; returns (CompletedProcess, the
+    documents this run delivered, seconds it took)."""
     receiver.tokens.add(token)
 
-    def run(*args, script=script, state=None, env=None):
+    def run(*args, script=script, state=None, env=None, prefix=()):
         before = len(receiver.documents)
         started = time.monotonic()
         done = run_collector(script, "-t", token, "-c", cluster, "-u", receiver.url, "--ca-bundle",
                              receiver.ca_file, "--state-dir", state or directory / "state", *args,
-                             env=env or system.environment(), cwd=directory)
+                             env=env or system.environment(), cwd=directory, prefix=prefix)
         return done, receiver.documents[before:], time.monotonic() - started
     return run
 

@@ -115,7 +115,8 @@ def test_corrupt_history_watermark_is_a_fresh_start(stored, tmp_path):
 
 class HostRun(common.Run):
     def __init__(self, state_dir):
-        opts = argparse.Namespace(disks=["/"], obfuscate_hosts="", state_dir=state_dir, baseline_max_age=3600.0)
+        opts = argparse.Namespace(disks=["/"], obfuscate_hosts="", state_dir=state_dir, baseline_max_age=3600.0,
+                                  debug=False)
         super().__init__(host.NAME, opts, None, math.inf)
 
 

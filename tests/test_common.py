@@ -36,12 +36,24 @@ def filter_for(group, obfuscate=False, salt="", user_hash="md5"):
     return afmetrics_privacy.UserFilter(opts, logging.getLogger("test"))
 
 
-def test_group_filter_keeps_primary_and_supplementary_members(group_database, caplog):
+def test_group_filter_keeps_primary_and_supplementary_members(group_database):
     users = filter_for(group_database)
-    with caplog.at_level(logging.DEBUG):
-        kept = users.report_names([OUTSIDER, MEMBER_SUPPLEMENTARY, "nosuchuser42", MEMBER_PRIMARY, MEMBER_PRIMARY])
-    assert kept == [MEMBER_PRIMARY, MEMBER_SUPPLEMENTARY]
-    assert "user nosuchuser42 is not known on this host" in caplog.text
+    assert users.report_names([OUTSIDER, MEMBER_SUPPLEMENTARY, MEMBER_PRIMARY, MEMBER_PRIMARY]) == [
+        MEMBER_PRIMARY, MEMBER_SUPPLEMENTARY]
+
+
+def test_group_filter_leaves_an_unknown_user_out(group_database):
+    """SPEC.md: an unknown user is dropped (a deleted account's job must not stop every later run); the group
+    resolving shows the directory answers."""
+    users = filter_for(group_database)
+    assert users.report_names([MEMBER_PRIMARY, "nosuchuser42"]) == [MEMBER_PRIMARY]
+    assert users.report_name(MEMBER_SUPPLEMENTARY) == MEMBER_SUPPLEMENTARY  # a listed member needs no getpwnam
+
+
+@pytest.mark.parametrize("users", [["root", "alice"], []])
+def test_group_that_cannot_be_resolved_decides_on_no_one(users):
+    with pytest.raises(afmetrics_privacy.UnresolvedName, match="^group nosuchgroup42 cannot be resolved "):
+        filter_for("nosuchgroup42").report_names(users)
 
 
 @pytest.mark.parametrize("user_hash", ["md5", "sha256"])
@@ -49,13 +61,6 @@ def test_group_filter_then_obfuscation(group_database, user_hash):
     users = filter_for(group_database, obfuscate=True, salt="pepper", user_hash=user_hash)
     assert users.report_names([MEMBER_PRIMARY, OUTSIDER]) == [
         afmetrics_privacy.obfuscate_user(MEMBER_PRIMARY, "pepper", user_hash)]
-
-
-def test_unknown_group_leaves_every_user_out_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING):
-        users = filter_for("nosuchgroup42")
-    assert "group nosuchgroup42 does not exist on this host: every user is left out" in caplog.text
-    assert users.report_names(["root", "alice"]) == []
 
 
 def test_state_survives_corruption_and_writes_atomically(tmp_path, caplog):

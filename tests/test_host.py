@@ -12,9 +12,10 @@ import time
 import pytest
 
 import host
-from conftest import COLLECTORS, collector_environment, json_lines, log_lines, skip_or_fail, spool_documents
+from conftest import COLLECTORS, collector_environment, json_lines, log_lines, private_mounts, skip_or_fail, spool_documents
 
 TOKEN = "tok-host-5a1e"
+MIB = 1024 * 1024
 
 
 def test_parse_real_diskstats():
@@ -120,6 +121,69 @@ def test_missing_mount_is_a_warning_and_others_are_reported(run_collector, tmp_p
     assert done.returncode == 0
     assert "WARNING:host:DISK /no/such/mount not reported: No such file or directory" in log_lines(done.stderr)
     assert [d["mount"] for d in json_lines(tmp_path / "host.json") if d["kind"] == "DISK"] == ["/"]
+
+
+def test_directory_whose_mount_failed_is_a_warning_not_the_file_system_under_it(run_collector, tmp_path):
+    """A configured mount point with nothing mounted on it (its mount failed at boot) beside a real mount."""
+    unmounted, mounted = tmp_path / "unmounted", tmp_path / "mounted"
+    unmounted.mkdir()
+    mounted.mkdir()
+    done = run_collector("host.py", "-d", "--disk", unmounted, "--disk", mounted, "--state-dir", tmp_path / "state",
+                         env={"MOUNTED": str(mounted)}, cwd=tmp_path,
+                         prefix=private_mounts('mount -t tmpfs -o size=1m afmetrics-mounted "$MOUNTED"'))
+    assert done.returncode == 0, done.stderr
+    assert log_lines(done.stderr) == ["WARNING:host:DISK %s not reported: nothing is mounted there" % unmounted]
+    [disk] = [d for d in json_lines(tmp_path / "host.json") if d["kind"] == "DISK"]
+    assert (disk["mount"], disk["device"], disk["total"]) == (str(mounted), "afmetrics-mounted", MIB)
+
+
+@pytest.fixture
+def small_file_system(tmp_path):
+    """A real 256 KiB tmpfs on tmp_path/small for the test's time (root, as in CI)."""
+    if os.geteuid() != 0:
+        skip_or_fail("mounting a tmpfs needs root")
+    path = tmp_path / "small"
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "afmetrics-small", str(path)], check=True)
+    yield path
+    subprocess.run(["umount", str(path)], check=True)
+
+
+def fill(directory):
+    """Write a file in directory until its file system is full; the file."""
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as handle:
+        with pytest.raises(OSError, match="No space left on device"):
+            while True:
+                handle.write(b"\0" * 4096)
+    return filler
+
+
+def test_interval_whose_end_cannot_be_stored_is_not_sent(run_collector, receiver, small_file_system):
+    """The state dir's file system full for one run: its NETWORK and DISK I/O figures, whose end it cannot
+    record, do not go, and the next run's cover that time once: the intervals sent add up to the time between the
+    first baseline and the last."""
+    state = small_file_system / "state"
+    assert run_host(run_collector, receiver, state).returncode == 0
+    first = {name: json.loads((state / name).read_text())["time"] for name in (host.NETWORK_STATE,
+                                                                              host.DISKSTATS_STATE)}
+    filler = fill(small_file_system)
+    full = run_host(run_collector, receiver, state)
+    assert full.returncode == 1
+    assert [line.split(": ", 1)[0] for line in log_lines(full.stderr)] == [
+        "ERROR:host:cannot store the NETWORK baseline", "ERROR:host:cannot store the DISK I/O baseline",
+        "ERROR:host:cannot write the run record"], full.stderr
+    assert "NETWORK" not in receiver.kinds()
+    filler.unlink()
+    assert run_host(run_collector, receiver, state).returncode == 0
+    last = {name: json.loads((state / name).read_text())["time"] for name in first}
+    [network] = receiver.of_kind("NETWORK")
+    assert network["network"]["interval"] == round(last[host.NETWORK_STATE] - first[host.NETWORK_STATE], 3)
+    disks = receiver.of_kind("DISK")
+    assert len(disks) == 3
+    if disks[2]["device"] in host.parse_diskstats(open("/proc/diskstats").read()):  # not an overlay root
+        assert [disk["io"]["interval"] for disk in disks if "io" in disk] == [
+            round(last[host.DISKSTATS_STATE] - first[host.DISKSTATS_STATE], 3)]
 
 
 def test_corrupt_state_is_a_fresh_start(run_collector, receiver, tmp_path):
@@ -333,8 +397,6 @@ def test_device_of_is_the_visible_mount_by_its_diskstats_name():
     assert device_of("/boot") == "vda1"
     assert host.device_of("/home", []) == ""
 
-
-MIB = 1024 * 1024
 
 # Run in a private mount namespace: a 4 MiB tmpfs on $MOUNT and over it a 16 MiB ext2 image on a loop device,
 # mounted by a link's name as /dev/mapper/NAME -> ../dm-N is (a private tmpfs on /dev/shm holds the link),

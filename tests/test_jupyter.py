@@ -281,8 +281,15 @@ def test_obfuscated_users_are_md5_of_salt_and_name_sorted(api, run_jupyter, tmp_
 def test_group_filter_keeps_members_only(kubernetes_api, run_jupyter, tmp_path):
     kubernetes_api.allow(READER, "reader", [ML_NAMESPACE])
     kubernetes_api.add_pod(ML_NAMESPACE, "jupyter-root", {"owner": "root"}, "Running")
+    kubernetes_api.add_pod(ML_NAMESPACE, "jupyter-daemon", {"owner": "daemon"}, "Running")
+    kubeconfig = kubernetes_api.write_kubeconfig(tmp_path / "kubeconfig", READER)
+    done = run_jupyter("--kubeconfig", kubeconfig, "-g", "root")
+    assert done.returncode == 0, done.stderr
+    assert debug_documents(tmp_path)[0]["users"] == ["root"]
+    # A user unknown here is left out (SPEC.md), the group resolving.
     kubernetes_api.add_pod(ML_NAMESPACE, "jupyter-stranger", {"owner": "no-such-user-here"}, "Running")
-    done = run_jupyter("--kubeconfig", kubernetes_api.write_kubeconfig(tmp_path / "kubeconfig", READER), "-g", "root")
+    (tmp_path / "jupyter.json").unlink()
+    done = run_jupyter("--kubeconfig", kubeconfig, "-g", "root")
     assert done.returncode == 0, done.stderr
     assert debug_documents(tmp_path)[0]["users"] == ["root"]
 

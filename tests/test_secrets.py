@@ -122,7 +122,7 @@ def test_obfuscation_hides_condor_owners(version, monkeypatch, tmp_path):
     replies = {"condor_q": "".join("%s %s %s 0 undefined undefined 2 1 2048\n" % tuple(row[:3]) for row in queue),
                "condor_history": "".join("%s %s %s 4 1.0 %d %d\n" % (row[0], row[1], row[2], now, now)
                                          for row in history)}
-    monkeypatch.setattr(common, "run_command", lambda argv, timeout: replies[argv[0]])
+    monkeypatch.setattr(common, "run_command", lambda argv, timeout, env=None: replies[argv[0]])
     defaults = {setting.name: setting.default for setting in afmetrics_settings.COMMON_SETTINGS + condor.SETTINGS}
     opts = types.SimpleNamespace(**dict(defaults, obfuscate_users=True, salt=SALT, obfuscate_hosts="bnl.gov",
                                         queues=["all:"], state_dir=str(tmp_path)))

@@ -4,6 +4,7 @@ order in which accounting records can arrive, any text at all, and the script's 
 The live tests (tests/test_slurm_cluster.py) check the same collector against a running Slurm.
 """
 import argparse
+import calendar
 import logging
 import math
 import time
@@ -88,6 +89,20 @@ def test_queue_documents_of_real_squeue():
     assert documents["long"] == dict(documents["long"], idle=5, running=2, held=1)
 
 
+def test_sacct_window_is_utc_whatever_the_local_time(monkeypatch):
+    """07:30 UTC on 2026-11-01 is the second 01:30 of that night in Chicago, which sacct, given local time, reads
+    as the first: an hour of finished jobs again."""
+    monkeypatch.setenv("TZ", "America/Chicago")
+    time.tzset()
+    try:
+        argv = slurm.sacct_command(calendar.timegm((2026, 11, 1, 7, 30, 0)), calendar.timegm((2026, 11, 2, 7, 30, 0)))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert argv[-2:] == ["--starttime=2026-11-01T07:30:00", "--endtime=2026-11-02T07:30:00"]
+    assert slurm.SACCT_ENVIRONMENT["TZ"] == "UTC0"
+
+
 def test_sacct_rows_of_real_sacct():
     rows = list(slurm.sacct_rows(capture("sacct.stdout"), LOG))
     assert [(row["id"], row["user"], row["state"], row["runtime"]) for row in rows] == [
@@ -132,16 +147,16 @@ class FakeSlurm:
         self.records = []  # (JobID, User, State, ElapsedRaw, End) in slurmdbd
         self.slurmdbd_up = True
 
-    def answer(self, argv):
+    def answer(self, argv, env):
         if argv[0] == "squeue":
             return self.queue
         if argv[0] == "sdiag":
             return capture("sdiag_slurmdbd_down.stdout" if self.waiting else "sdiag.stdout")
-        assert argv[0] == "sacct"
+        assert argv[0] == "sacct" and env == {"TZ": "UTC0", "SLURM_TIME_FORMAT": "%s"}
         if not self.slurmdbd_up:
             raise common.SourceError("sacct failed (exit 1): " + " ".join(capture("sacct_slurmdbd_down.stderr")
                                                                            .split()))
-        window = [time.mktime(time.strptime(arg.split("=")[1], "%Y-%m-%dT%H:%M:%S")) for arg in argv
+        window = [calendar.timegm(time.strptime(arg.split("=")[1], "%Y-%m-%dT%H:%M:%S")) for arg in argv
                   if arg.startswith(("--starttime=", "--endtime="))]
         return "".join("|".join(map(str, record)) + "\n" for record in self.records
                        if window[0] <= record[4] <= window[1])
@@ -154,8 +169,8 @@ class FakeRun(common.Run):
         super().__init__(slurm.NAME, opts, afmetrics_privacy.UserFilter(opts, LOG), math.inf)
         self.cluster = cluster
 
-    def command(self, argv):
-        return self.cluster.answer(argv)
+    def command(self, argv, env=None):
+        return self.cluster.answer(argv, env)
 
 
 def collect(cluster, state_dir, deliver=True):

@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from conftest import batch_collector, indexed, jobs_by_id_of_kind, log_lines, of_kind
-from slurm_cluster import FINAL_STATES, expand
+from conftest import (UNRESOLVED_GROUP, batch_collector, errors, falling_back, group_filter_runs, indexed,
+                      jobs_by_id_of_kind, local_time, log_lines, of_kind)
+from slurm_cluster import FINAL_STATES, USERS, expand
 
 pytestmark = pytest.mark.slurm
 
@@ -224,9 +225,9 @@ def test_each_finished_job_is_reported_once_across_runs(slurm_cluster, job_mix, 
         cluster.open_gate("gate-1")
         cluster.wait_for("gated job 1 to end", lambda jobs: job_mix.gated[1] not in jobs)
         done, documents = run({}, returncode=1)
-        errors = [line for line in log_lines(done.stderr) if line.startswith(("ERROR", "CRITICAL"))]
-        assert len(errors) == 1 and errors[0].startswith("ERROR:slurm:sacct failed"), done.stderr
-        assert errors[0].endswith("finished jobs are reported once sacct answers")
+        [error] = errors(done)
+        assert error.startswith("ERROR:slurm:sacct failed"), done.stderr
+        assert error.endswith("finished jobs are reported once sacct answers")
         assert sorted(doc["queue"] for doc in of_kind(documents, "slurmqueue")) == ["all", "both", "short"]
         assert cluster.agent_queue() > 0
     finally:
@@ -307,14 +308,53 @@ def test_malformed_squeue_lines_are_skipped_with_one_warning(slurm_cluster, job_
     assert set(slurm_cluster.queue()) <= set(jobs_by_id(documents))
 
 
+def test_group_that_cannot_be_resolved_leaves_the_cursor(slurm_cluster, collect, tmp_path):
+    """-g with the user directory down for one run (getgrnam, over the /etc/group of a private mount namespace,
+    finds no such group): that run sends nothing of Slurm and leaves its cursor, and the job that finished
+    meanwhile is reported once the group resolves again."""
+    cluster, state = slurm_cluster, tmp_path / "state"
+    with_group, directory_down = group_filter_runs(cluster, collect, tmp_path, USERS, *QUEUES)
+    assert with_group()[0].returncode == 0
+    job = cluster.sbatch("alice", "-p", "short", command="/bin/true")
+    cluster.wait_in_sacct([job])
+    cursor = (state / "slurm_sacct.json").read_text()
+    done, documents, _ = directory_down()
+    assert done.returncode == 1
+    assert errors(done) == ["ERROR:slurm:group afmgroup " + UNRESOLVED_GROUP]
+    assert documents == []
+    assert (state / "slurm_sacct.json").read_text() == cursor
+    done, documents, _ = with_group()
+    assert done.returncode == 0, done.stderr
+    assert jobs_by_id(documents)[job]["state"] == "completed"
+
+
+def test_finished_job_is_not_reported_again_in_the_repeated_hour(slurm_cluster, collect, tmp_path):
+    """The cursor in the hour local time repeats when daylight saving ends, just after a job the previous run
+    reported ended: sacct must not read the cursor as the hour before, which reports the job again."""
+    cluster, state = slurm_cluster, tmp_path / "state"
+    job = cluster.sbatch("alice", "-p", "short", command="/bin/true")
+    cluster.wait_in_sacct([job])
+    ended = int(cluster.run("env", "SLURM_TIME_FORMAT=%s", "sacct", "-n", "-X", "-P", "-o", "End", "-j", job)
+                .stdout)
+    cursor = ended + 1
+    cluster.wait_until("the cursor is past", lambda: time.time() > cursor)
+    state.mkdir()
+    (state / "slurm_sacct.json").write_text(json.dumps({"since": cursor, "seen": {}}))
+    zone = falling_back(cursor)
+    assert local_time(cursor, zone) == local_time(cursor - 3600, zone)  # the repeated hour
+    done, documents, _ = collect(*QUEUES, env=dict(cluster.environment(), TZ=zone))
+    assert done.returncode == 0, done.stderr
+    assert job not in jobs_by_id(documents)
+
+
 def assert_fails_within_timeout(collect, timeout=FAULT_TIMEOUT):
     """slurm.py and the umbrella with --host: exit 1 within the timeout, one error line naming squeue,
     nothing of slurm delivered, and the host documents delivered all the same; the error line."""
     done, documents, took = collect(*QUEUES, "--timeout", timeout)
     assert done.returncode == 1, done.stderr
     assert took < timeout + PYTHON_START_SLACK
-    errors = [line for line in log_lines(done.stderr) if line.startswith(("ERROR", "CRITICAL"))]
-    assert len(errors) == 1 and errors[0].startswith("ERROR:slurm:squeue "), done.stderr
+    [error] = errors(done)
+    assert error.startswith("ERROR:slurm:squeue "), done.stderr
     assert documents == []
 
     done, documents, took = collect("--slurm", "--host", "--disk", "/", *QUEUES, "--timeout", timeout,
@@ -323,7 +363,7 @@ def assert_fails_within_timeout(collect, timeout=FAULT_TIMEOUT):
     assert took < timeout + PYTHON_START_SLACK
     assert {"CPU", "MEM", "DISK"} <= {doc["kind"] for doc in documents}
     assert not [doc for doc in documents if doc["kind"].startswith("slurm")]
-    return errors[0]
+    return error
 
 
 def test_frozen_slurmctld(slurm_cluster, job_mix, collect):

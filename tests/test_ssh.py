@@ -1,5 +1,6 @@
 """ssh.py: who and last over real utmp/wtmp files, then the script as cron runs it; and on a real Debian 13
 tree (tests/debian13.py), where last is wtmpdb's or missing and who may have no utmp file to read."""
+import calendar
 import json
 import shutil
 import subprocess
@@ -9,7 +10,7 @@ import pytest
 
 import ssh
 import utmp
-from conftest import json_lines, log_lines, skip_or_fail
+from conftest import falling_back, json_lines, local_time, log_lines, skip_or_fail, user_database
 from debian13 import Debian13, Unavailable, cached_tarball
 
 # A user name as long as utmp allows (glibc's UT_NAMESIZE).
@@ -53,8 +54,8 @@ def test_parse_last_drops_reboot_and_trailer_of_real_last(wtmp_file):
     assert sorted(ssh.parse_last(output)) == ["a_very_long_username", "flash"]
 
 
-def test_last_argv_asks_for_the_last_5_minutes_as_both_lasts_read_a_time():
-    now = time.mktime((2026, 11, 23, 8, 33, 49, 0, 0, -1))
+def test_last_argv_asks_for_the_last_5_minutes_in_utc_as_both_lasts_read_a_time():
+    now = calendar.timegm((2026, 11, 23, 8, 33, 49))
     assert ssh.last_argv(now, "") == ["last", "-w", "-s", "2026-11-23 08:28:49"]
     assert ssh.last_argv(now, "/var/log/wtmp.db")[-2:] == ["-f", "/var/log/wtmp.db"]
 
@@ -82,6 +83,19 @@ def test_ssh_history_adds_recent_logins(run_collector, utmp_file, wtmp_file, tmp
     assert done.returncode == 0, done.stderr
     document = json.loads((tmp_path / "ssh.json").read_text())
     assert document["users"] == ["a_very_long_username", "alice", "bob", "flash"]
+
+
+def test_ssh_history_is_5_minutes_also_in_the_hour_daylight_saving_repeats(run_collector, sessions, tmp_path):
+    """5 minutes ago in the second of the two hours local time repeats, which a last given local time reads as
+    the first: the session that ended half an hour ago would count."""
+    earlier = utmp.write(tmp_path / "wtmp", utmp.login("earlier", "pts/7", 1800, 301), utmp.logout("pts/7", 1700, 301))
+    since = time.time() - ssh.HISTORY_SECONDS
+    zone = falling_back(since)
+    assert local_time(since, zone) == local_time(since - 3600, zone)  # the repeated hour
+    done = run_collector("ssh.py", "-d", "-S", "--utmp", sessions, "--wtmp", earlier, "--state-dir",
+                         tmp_path / "state", cwd=tmp_path, env={"TZ": zone})
+    assert done.returncode == 0, done.stderr
+    assert json_lines(tmp_path / "ssh.json")[0]["users"] == ["alice", "bob"]
 
 
 def test_32_character_name_counted_once_though_last_cuts_it(run_collector, tmp_path):
@@ -140,6 +154,36 @@ def test_empty_utmp_file_is_no_warning(run_collector, tmp_path):
     done = run_collector("ssh.py", "-d", "--utmp", nobody, "--state-dir", tmp_path / "state", cwd=tmp_path)
     assert done.returncode == 0 and done.stderr == ""
     assert json_lines(tmp_path / "ssh.json")[0]["users"] == []
+
+
+FILTER_GROUP = "afmfilter"
+# alice's primary group is FILTER_GROUP, bob's is not: each is decided on through getpwnam.
+ALICE, BOB = "alice:x:4301:4300::/nonexistent:/usr/sbin/nologin", "bob:x:4302:4302::/nonexistent:/usr/sbin/nologin"
+GROUP_LINE = "%s:x:4300:" % FILTER_GROUP
+
+
+@pytest.mark.parametrize("passwd, group, error", [
+    ([ALICE, BOB], [GROUP_LINE], None),
+    # The directory down: getgrnam answers as for a group that does not exist.
+    ([ALICE, BOB], [], "ERROR:ssh:group %s cannot be resolved (getgrnam: no such group, or the user directory is "
+                       "down): users cannot be filtered" % FILTER_GROUP),
+    # bob unknown (SPEC.md: an unknown user is dropped), with the group resolved: the directory answers.
+    ([ALICE], [GROUP_LINE], None),
+])
+def test_group_filter_that_cannot_resolve_a_name_sends_no_user_count(run_collector, receiver, sessions, tmp_path,
+                                                                      passwd, group, error):
+    """Real getgrnam and getpwnam over the files a private mount namespace puts on /etc/group and /etc/passwd:
+    a group they cannot resolve is the run's one error, and no document says fewer users than are logged in."""
+    prefix, env = user_database(tmp_path, passwd, group)
+    done = run_collector("ssh.py", "-g", FILTER_GROUP, "--utmp", sessions, "--state-dir", tmp_path / "state",
+                         *receiver.args(), env=dict(env, AFMETRICS_TOKEN="tok"), cwd=tmp_path, prefix=prefix)
+    if error is None:
+        assert (done.returncode, done.stderr) == (0, "")
+        assert [document["users"] for document in receiver.documents] == [["alice"]]
+    else:
+        assert done.returncode == 1
+        assert log_lines(done.stderr) == [error]
+        assert receiver.documents == []
 
 
 def test_missing_who_is_one_line_error(run_collector, tmp_path):

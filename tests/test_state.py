@@ -114,7 +114,7 @@ def test_undelivered_documents_that_cannot_be_spooled_leave_the_state_where_it_w
 def test_history_watermark_moves_only_once_the_jobs_are_delivered_or_spooled(receiver, monkeypatch, tmp_path):
     finished = int(time.time()) - 10
     replies = {"condor_q": "", "condor_history": "bob 7 0 4 30.0 %d %d\n" % (finished, finished)}
-    monkeypatch.setattr(common, "run_command", lambda argv, timeout: replies[argv[0]])
+    monkeypatch.setattr(common, "run_command", lambda argv, timeout, env=None: replies[argv[0]])
     opts = in_process_options(receiver, tmp_path, queues=[], exclude_owners=[], history_scan_limit=1000)
     receiver.answer_always(401)
     (tmp_path / "spool-condor.jsonl").mkdir()
@@ -276,8 +276,8 @@ def test_state_that_cannot_be_saved_is_one_line_and_the_next_collector_runs(rece
                                                    *receiver.args()])
     assert status == common.EXIT_FAILED
     errors = [line for line in log_lines(capsys.readouterr().err) if line.startswith("ERROR")]
-    assert errors == ["ERROR:host:cannot save state: Is a directory: %s (the next run may send some documents "
-                      "again)" % (state / host.NETWORK_STATE)]
+    assert errors == ["ERROR:host:cannot store the NETWORK baseline: Is a directory: %s: NETWORK figures not sent "
+                      "(the next run would count them again)" % (state / host.NETWORK_STATE)]
     assert sorted(receiver.kinds()) == ["CPU", "DISK", "MEM", "ssh"]  # ssh ran after host's failure
     assert not list(state.glob("*.tmp"))
 
