@@ -100,7 +100,7 @@ class Endpoint:
     def __init__(self, workdir, rtt=0.0):
         self.rtt = rtt
         ca = trustme.CA()
-        self.ca_file = str(workdir / "ca.pem")
+        self.ca_file = tempfile.mktemp(suffix="-ca.pem", dir=str(workdir))
         ca.cert_pem.write_to_path(self.ca_file)
         self.receiver = Receiver(ca.issue_cert("127.0.0.1"), self.ca_file)
         self.proxy = LatencyProxy(self.receiver.server.server_address[1], rtt) if rtt else None
