@@ -4,6 +4,7 @@ Prints one table (markdown) and writes it to bench/results/latest.md. `make benc
 `--only host,delivery` picks sections; `--runs N` sets the repetitions.
 """
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -97,10 +98,12 @@ def collector_env(extra=None):
 class Endpoint:
     """A local HTTPS receiver, optionally behind a proxy adding a round-trip time."""
 
+    numbers = itertools.count()
+
     def __init__(self, workdir, rtt=0.0):
         self.rtt = rtt
         ca = trustme.CA()
-        self.ca_file = tempfile.mktemp(suffix="-ca.pem", dir=str(workdir))
+        self.ca_file = str(workdir / ("ca-%d.pem" % next(Endpoint.numbers)))  # one CA each
         ca.cert_pem.write_to_path(self.ca_file)
         self.receiver = Receiver(ca.issue_cert("127.0.0.1"), self.ca_file)
         self.proxy = LatencyProxy(self.receiver.server.server_address[1], rtt) if rtt else None
