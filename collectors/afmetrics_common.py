@@ -287,7 +287,8 @@ def deliver_with_spool(run, collection, delivery, is_snapshot):
         run.log.info("re-sending %d spooled document(s) first", len(waiting))
     keyed = [document for document in waiting if endpoint_key(document) is not None]
     spooled = delivery.deliver([document for document in waiting if endpoint_key(document) is None], run.opts.token)
-    in_spool = spooled.undelivered + keyed  # what the spool file holds, as far as this run knows
+    # What the spool file holds, as far as this run knows; the refused are decided on once the run's own went.
+    in_spool = spooled.undelivered + [document for document, _ in spooled.refused] + keyed
     if waiting or spool.needs_rewrite:
         # At once: whatever becomes of this run's own documents, the spool now holds only what is left of
         # it, without its corrupt and expired lines.
@@ -322,8 +323,9 @@ def deliver_with_spool(run, collection, delivery, is_snapshot):
         try:
             in_spool = spool.save(undelivered)
         except OSError as error:
-            # The spool file still holds what it held: only this run's own documents can be lost.
-            kept_all = not new_in_spool
+            # The spool file still holds what it held: this run's own documents can be lost, and snapshots of
+            # jobs this run sent anew would follow them next run. Either way the state must stay where it was.
+            kept_all = not (new_in_spool or any(endpoint_key(document) in sent_anew for document in keyed))
             run.log.error("cannot keep %d document(s): %s: %s", len(undelivered), error.strerror, error.filename)
     if delivery.accepted:  # else the failures are the run's one error line
         delivery.log_retries(spooled.retried + fresh.retried + older.retried, run.log)

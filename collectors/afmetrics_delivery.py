@@ -221,6 +221,9 @@ class Delivery:
     # A read timeout bounds each recv, not a reply: an endpoint trickling a byte at a time could hold a sender
     # for ever. Past the budget by this much, senders still waiting are left behind and their documents kept.
     STRAGGLER_GRACE = 5.0
+    # No request starts with less of the budget left than this to wait for its answer: sent whole, it would
+    # not be sent again, and the endpoint could index it while the collector keeps it.
+    ANSWER_WAIT = 1.0
 
     def __init__(self, opts, run_deadline):
         # urllib3 itself rather than requests on top of it: a quarter of the CPU per POST, which matters
@@ -232,10 +235,22 @@ class Delivery:
         # Set by the connection once a request's body went out whole, per sender thread.
         self.attempt = attempt = threading.local()
 
+        class BudgetTimeout(urllib3.Timeout):
+            # An answer is awaited for what is left of the budget when each attempt, retries included, waits.
+            def clone(self):
+                return BudgetTimeout(connect=self._connect, read=self._read, total=self.total)
+
+            @property
+            def read_timeout(self):
+                return max(0.0, delivery.deadline - time.monotonic())
+
+        self.BudgetTimeout = BudgetTimeout
+
         class BudgetRetry(Retry):
             # Backoff and Retry-After are honoured, but no wait may run past the budget.
             def _left(self):
-                return max(0.0, delivery.deadline - time.monotonic())
+                # What a wait may take: an attempt after it must still have time to hear its answer.
+                return max(0.0, delivery.deadline - time.monotonic() - delivery.ANSWER_WAIT)
 
             def get_backoff_time(self):
                 return min(super().get_backoff_time(), self._left())
@@ -257,7 +272,7 @@ class Delivery:
         self.urllib3, self.opts = urllib3, opts
         self.run_deadline = run_deadline
         self.deadline = min(time.monotonic() + opts.send_budget, run_deadline)
-        self.endpoint_down, self.budget_used_up = None, False
+        self.endpoint_down, self.budget_used_up, self.lost_answer = None, False, None
         self.accepted = 0  # documents the endpoint took since start_budget()
         retry = BudgetRetry(total=self.RETRIES, backoff_factor=0.5, backoff_jitter=0.5, backoff_max=10,
                             status_forcelist=RETRY_STATUSES, allowed_methods=None,
@@ -286,13 +301,13 @@ class Delivery:
 
     def start_budget(self):
         self.deadline = min(time.monotonic() + self.opts.send_budget, self.run_deadline)
-        self.budget_used_up, self.accepted = False, 0
+        self.budget_used_up, self.accepted, self.lost_answer = False, 0, None
 
     @property
     def why_not(self):
-        """Why documents were kept: the endpoint's failure, or the budget."""
-        if self.endpoint_down:
-            return self.endpoint_down
+        """Why documents were kept: the endpoint's failure, an answer lost, or the budget."""
+        if self.endpoint_down or self.lost_answer:
+            return self.endpoint_down or self.lost_answer
         if self.deadline >= self.run_deadline:
             return "run budget of %g s used up" % self.opts.run_budget
         return "time budget of %g s used up" % self.opts.send_budget
@@ -301,21 +316,29 @@ class Delivery:
         """(verdict, failures retried past): verdict True when delivered, False when the documents should be
         kept, else the HTTP status refusing them."""
         remaining = self.deadline - time.monotonic()
-        if self.endpoint_down or self.budget_used_up or remaining <= 0:
+        if self.endpoint_down or self.budget_used_up or remaining <= self.ANSWER_WAIT:
             self.budget_used_up = not self.endpoint_down
             return False, []
         if self.opts.gzip:
             body = gzip.compress(body)
         # Connecting, with its retries, must fit in what is left of the budget; an answer is awaited for all of it.
-        timeout = self.urllib3.Timeout(connect=min(self.CONNECT_TIMEOUT, remaining / (self.RETRIES + 1)),
-                                       read=remaining)
+        timeout = self.BudgetTimeout(connect=min(self.CONNECT_TIMEOUT, remaining / (self.RETRIES + 1)),
+                                     read=remaining)
         self.attempt.sent_whole = False
         try:
             # No redirects: a maintenance page that answers 200 elsewhere would take the documents and the token.
             reply = self.pool.request("POST", self.opts.url, body=body, headers=self.headers, timeout=timeout,
                                       redirect=False)
         except self.urllib3.exceptions.HTTPError as error:
-            self.endpoint_down = self._failure(error)
+            failure = self._failure(error)
+            if self.attempt.sent_whole and not self.lost_answer and not isinstance(
+                    getattr(error, "reason", error), self.urllib3.exceptions.ReadTimeoutError):
+                # One answer lost (a kept-alive connection the endpoint closed as the request came, a reply
+                # lost): that request's documents are kept and the rest still go. A second: this endpoint loses
+                # answers, and every request sent would be indexed now and again by the next run.
+                self.lost_answer = failure
+            else:
+                self.endpoint_down = failure
             return False, []
         retried = ["HTTP %d" % attempt.status if attempt.status else network_failure(attempt.error)
                    for attempt in (reply.retries.history if reply.retries else ())]
@@ -347,7 +370,6 @@ class Delivery:
         """Send one chunk of documents as body: (to keep, [(document, status)] refused, failures retried past)."""
         verdict, retried = self._post(body)
         if verdict is True:
-            self.accepted += len(chunk)
             return [], [], retried
         if verdict is False:
             return chunk, [], retried
@@ -393,6 +415,7 @@ class Delivery:
                         if closed:
                             return
                         del in_flight[number]
+                        self.accepted += len(chunk) - len(kept) - len(refused_here)
                         retried.extend(retried_past)
                         refused.extend(refused_here)
                         if kept:

@@ -258,7 +258,9 @@ class Spool:
         # A run saves twice, the second time with what the first kept plus its own: a document dropped the
         # first time comes again and must count once (the caller holds every one of them meanwhile).
         self._dropped_documents = set()
-        self._kept = {}  # id(document) -> seconds it had been kept when loaded
+        # id(document) -> (document, seconds it had been kept when loaded), of the documents load() returned; the
+        # document held so that its id stays its own
+        self._kept = {}
         self._loaded_at = self._clock()
 
     @staticmethod
@@ -269,7 +271,7 @@ class Spool:
         return self.state.file(self.name)
 
     def load(self):
-        documents, corrupt, expired = [], 0, 0
+        aged, corrupt = [], 0  # (document, seconds kept, or None for a line of an earlier version)
         since_saved = self._loaded_at["uptime"]  # a file of an earlier boot: kept at least since this boot began
         try:
             with open(self.path(), "rb") as handle:  # bytes: one bad byte spoils its line, not the file
@@ -286,24 +288,26 @@ class Spool:
                     document, kept = self._entry(entry)
                     if document is None:
                         corrupt += 1
-                    elif kept is not None and kept + since_saved > self.max_age:
-                        expired += 1
                     else:
-                        documents.append(document)
-                        self._kept[id(document)] = None if kept is None else kept + since_saved
+                        aged.append((document, None if kept is None else kept + since_saved))
         except FileNotFoundError:
             pass
         except OSError as error:
             # Left as it is: what it holds is not ours to overwrite, so save() refuses and the state stays put.
             self.log.warning("spool %s is unreadable (%s): starting afresh", self.path(), error)
             self.unreadable = OSError(error.errno, error.strerror, self.path())
-        documents, expired = self._age_earlier_versions(documents, expired)
+        aged = self._age_earlier_versions(aged)
+        young = [(document, kept) for document, kept in aged if kept <= self.max_age]
+        expired = len(aged) - len(young)
+        documents = [document for document, _ in young]
+        newest = newest_per_key(documents)
+        ages = {id(document): kept for document, kept in young}
+        self._kept = {id(document): (document, ages[id(document)]) for document in newest}
         if corrupt:
             self.log.warning("spool %s: %d corrupt line(s) dropped", self.path(), corrupt)
         if expired:
             self.log.warning("spool %s: %d document(s) older than %g hours dropped", self.path(), expired,
                              self.max_age / 3600)
-        newest = newest_per_key(documents)
         self.needs_rewrite = bool(corrupt or expired or len(newest) < len(documents))
         self._dropped_lines += corrupt + expired
         return newest
@@ -325,18 +329,18 @@ class Spool:
         except ValueError:
             return None, None
 
-    def _age_earlier_versions(self, documents, expired):
-        """Documents of earlier versions' lines get the age their timestamps give (the only clock they have)."""
-        now, young = time.time(), []
-        for document in documents:
-            if self._kept[id(document)] is None:
-                collected = calendar.timegm(time.strptime(document["timestamp"][:19], "%Y-%m-%dT%H:%M:%S"))
-                self._kept[id(document)] = max(0.0, now - collected)
-                if self._kept[id(document)] > self.max_age:
-                    expired += 1
-                    continue
-            young.append(document)
-        return young, expired
+    @staticmethod
+    def _age_earlier_versions(aged):
+        """(document, seconds kept) pairs, the documents of earlier versions' lines aged by their timestamps (the
+        only clock they have)."""
+        now = time.time()
+        return [(document, kept if kept is not None else max(0.0, now - calendar.timegm(
+            time.strptime(document["timestamp"][:19], "%Y-%m-%dT%H:%M:%S")))) for document, kept in aged]
+
+    def _age(self, document):
+        """Seconds document had been kept when loaded; 0 for one this run made."""
+        loaded = self._kept.get(id(document))
+        return loaded[1] if loaded and loaded[0] is document else 0.0
 
     def save(self, documents):
         """Replace the spool by documents (each with its timestamp; those not loaded are new), within the bounds,
@@ -349,7 +353,7 @@ class Spool:
         clock = self._clock()
         elapsed = max(0.0, clock["uptime"] - self._loaded_at["uptime"])
         lines = [json.dumps({"clock": clock})] + [
-            json.dumps({"kept": round(self._kept.get(id(document), 0.0) + elapsed, 3), "document": document})
+            json.dumps({"kept": round(self._age(document) + elapsed, 3), "document": document})
             for document in kept]
         self.state.write_text(self.name, "\n".join(lines) + "\n" if kept else "")
         self.needs_rewrite = False
@@ -362,7 +366,7 @@ class Spool:
         """When the oldest of documents (loaded or new) was spooled, in Unix seconds; None for none."""
         if not documents:
             return None
-        return time.time() - max(self._kept.get(id(document), 0.0) for document in documents)
+        return time.time() - max(self._age(document) for document in documents)
 
     def dropped(self):
         """Documents and lines load() and save() threw away (corrupt, expired, over the bound)."""

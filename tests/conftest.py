@@ -141,6 +141,28 @@ def private_mounts(setup):
     return ["unshare", "-m", "--propagation", "private", "sh", "-euc", setup + '\nexec "$@"', "sh"]
 
 
+@pytest.fixture
+def small_file_system(tmp_path):
+    """A real 256 KiB tmpfs on tmp_path/small for the test's time (root, as in CI)."""
+    if os.geteuid() != 0:
+        skip_or_fail("mounting a tmpfs needs root")
+    path = tmp_path / "small"
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "afmetrics-small", str(path)], check=True)
+    yield path
+    subprocess.run(["umount", str(path)], check=True)
+
+
+def fill(directory):
+    """Write a file in directory until its file system is full; the file."""
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as handle:
+        with pytest.raises(OSError, match="No space left on device"):
+            while True:
+                handle.write(b"\0" * 4096)
+    return filler
+
+
 def user_database(directory, passwd=(), group=()):
     """(argv prefix, environment) that run a collector with this host's /etc/passwd and /etc/group, the given
     lines added, bound over the real ones in a private mount namespace: glibc's getpwnam and getgrnam (the files

@@ -4,6 +4,7 @@ runs them, judged by the index rather than by what reached a socket."""
 import calendar
 import gzip
 import json
+import os
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import urllib3
 
 import afmetrics_privacy
 from afmetrics_state import iso_timestamp
-from conftest import COLLECTORS, REPO, collector_environment, log_lines, spool_documents
+from conftest import COLLECTORS, REPO, collector_environment, fill, log_lines, spool_documents
 from receiver import INGRESS_MAX_BODY
 
 TOKEN = "tok-a1f0c3e9d2"
@@ -188,12 +189,12 @@ def test_documents_go_as_arrays_none_over_the_ingress_limit_as_sent(compressed, 
     assert sorted(d["ssh_user_count"] for d in endpoint.index) == [2] + sorted(d["ssh_user_count"] for d in waiting)
 
 
-def run_jobs(endpoint, state, jobs):
+def run_jobs(endpoint, state, jobs, env=None):
     """tests/jobs_collector.py with the queue JOBS, as cron runs it."""
     jobs_file = state.parent / "jobs.json"
     jobs_file.write_text(json.dumps(jobs))
-    env = collector_environment({"AFMETRICS_TOKEN": TOKEN, "JOBS_FILE": str(jobs_file),
-                                 "PYTHONPATH": str(COLLECTORS)})
+    env = collector_environment(dict({"AFMETRICS_TOKEN": TOKEN, "JOBS_FILE": str(jobs_file),
+                                      "PYTHONPATH": str(COLLECTORS)}, **(env or {})))
     return subprocess.run([sys.executable, str(REPO / "tests" / "jobs_collector.py"), "-v", "-c", "UC-AF",
                            "--state-dir", str(state), *endpoint.args()], capture_output=True, text=True, env=env,
                           cwd=state.parent, timeout=120, stdin=subprocess.DEVNULL)
@@ -221,6 +222,58 @@ def test_only_the_newest_snapshot_of_a_job_is_sent_from_the_spool_and_in_flight(
         + [("99.0", "finished")])
     assert len(endpoint.index) == 13
     assert spool_documents(state / "spool-condor.jsonl") == []
+
+
+def test_a_spool_of_1_0_holding_every_snapshot_gives_no_age_to_the_new_documents(endpoint, tmp_path):
+    """1.0 kept every snapshot of a job: loading such a spool drops the older ones, whose ages must not pass to
+    the documents this run makes (they would expire early and the record would call the spool old)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    now_ms = int(time.time() * 1000)
+    lines = [dict(job("%d.0" % n, "running"), timestamp=now_ms - hours * 3600 * 1000)
+             for hours in (150, 149, 0.1) for n in range(50)]
+    (state / "spool-condor.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    endpoint.answer_always(503)
+    assert run_jobs(endpoint, state, [job("%d.0" % n, "idle") for n in range(100, 200)]).returncode == 1
+    kept = [json.loads(line) for line in (state / "spool-condor.jsonl").read_text().splitlines()[1:]]
+    assert len(kept) == 150 and max(line["kept"] for line in kept) < 0.2 * 3600
+    record = json.loads((state / "last-run-condor.json").read_text())
+    assert time.time() - record["spool_oldest_timestamp"] < 0.2 * 3600
+
+
+def test_spooled_documents_refused_by_an_endpoint_taking_nothing_survive_a_full_state_dir(endpoint,
+                                                                                          small_file_system):
+    """A front end answering 400 to everything while the state dir is full: the spooled document is kept, not
+    rewritten away before the run decided it was the endpoint's fault."""
+    state = small_file_system / "state"
+    big = dict(SSH, users=["user%05d" % n for n in range(2000)])
+    endpoint.answer_always(503)
+    assert run_jobs(endpoint, state, [big]).returncode == 1
+    endpoint.restore()
+    endpoint.answer_always(400)
+    fill(small_file_system)
+    assert run_jobs(endpoint, state, [SSH]).returncode == 1
+    assert [d["users"] for d in spool_documents(state / "spool-condor.jsonl")] == [big["users"]]
+
+
+def test_a_spool_that_cannot_be_rewritten_after_a_job_was_sent_anew_keeps_the_cursor(endpoint, small_file_system):
+    """The spool holds job 1.0 running; this run sends 1.0 finished, then cannot rewrite the spool (its state dir
+    full) while one spooled request failed: the file still holds 1.0 running, which the next run would send
+    after the finished one, so the cursor (condor.py's history cursor) must not move past 1.0's end."""
+    state = small_file_system / "state"
+    owner = "a-user-with-a-long-name-" + "x" * 300  # documents that fill the small file system's pages
+    endpoint.answer_always(503)
+    queue = [job("%d.0" % n, "running", owner) for n in [1] + list(range(100, 250))]
+    assert run_jobs(endpoint, state, queue).returncode == 1
+    cursor = (state / "jobs-cursor.json").read_text()  # the documents were kept: the state moved on
+    endpoint.restore()
+    endpoint.refuse_documents(503, lambda event: event.get("Id") == "100.0")
+    filler = fill(small_file_system)
+    os.truncate(filler, os.path.getsize(filler) - 2 * 4096)  # room for the record and the cursor, not the spool
+    # One connection: the first spooled request fails and the rest are kept untried, as many as the spool held.
+    done = run_jobs(endpoint, state, [job("1.0", "finished", owner)], env={"AFMETRICS_CONNECTIONS": "1"})
+    assert done.returncode == 1
+    assert (state / "jobs-cursor.json").read_text() == cursor, done.stderr
 
 
 def test_an_answer_late_within_the_budget_is_awaited_and_each_document_indexed_once(run_collector, endpoint,

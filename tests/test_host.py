@@ -12,7 +12,8 @@ import time
 import pytest
 
 import host
-from conftest import COLLECTORS, collector_environment, json_lines, log_lines, private_mounts, skip_or_fail, spool_documents
+from conftest import (COLLECTORS, collector_environment, fill, json_lines, log_lines, private_mounts, skip_or_fail,
+                      spool_documents)
 
 TOKEN = "tok-host-5a1e"
 MIB = 1024 * 1024
@@ -135,28 +136,6 @@ def test_directory_whose_mount_failed_is_a_warning_not_the_file_system_under_it(
     assert log_lines(done.stderr) == ["WARNING:host:DISK %s not reported: nothing is mounted there" % unmounted]
     [disk] = [d for d in json_lines(tmp_path / "host.json") if d["kind"] == "DISK"]
     assert (disk["mount"], disk["device"], disk["total"]) == (str(mounted), "afmetrics-mounted", MIB)
-
-
-@pytest.fixture
-def small_file_system(tmp_path):
-    """A real 256 KiB tmpfs on tmp_path/small for the test's time (root, as in CI)."""
-    if os.geteuid() != 0:
-        skip_or_fail("mounting a tmpfs needs root")
-    path = tmp_path / "small"
-    path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "afmetrics-small", str(path)], check=True)
-    yield path
-    subprocess.run(["umount", str(path)], check=True)
-
-
-def fill(directory):
-    """Write a file in directory until its file system is full; the file."""
-    filler = directory / "filler"
-    with open(filler, "wb", buffering=0) as handle:
-        with pytest.raises(OSError, match="No space left on device"):
-            while True:
-                handle.write(b"\0" * 4096)
-    return filler
 
 
 def test_interval_whose_end_cannot_be_stored_is_not_sent(run_collector, receiver, small_file_system):
