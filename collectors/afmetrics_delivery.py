@@ -221,8 +221,9 @@ class Delivery:
     # A read timeout bounds each recv, not a reply: an endpoint trickling a byte at a time could hold a sender
     # for ever. Past the budget by this much, senders still waiting are left behind and their documents kept.
     STRAGGLER_GRACE = 5.0
-    # No request starts with less of the budget left than this to wait for its answer: sent whole, it would
-    # not be sent again, and the endpoint could index it while the collector keeps it.
+    # No request starts with less of the budget left than this (or a quarter of the budget, when that is less) to
+    # wait for its answer: sent whole, it would not be sent again, and the endpoint could index it while the
+    # collector keeps it.
     ANSWER_WAIT = 1.0
 
     def __init__(self, opts, run_deadline):
@@ -250,7 +251,7 @@ class Delivery:
             # Backoff and Retry-After are honoured, but no wait may run past the budget.
             def _left(self):
                 # What a wait may take: an attempt after it must still have time to hear its answer.
-                return max(0.0, delivery.deadline - time.monotonic() - delivery.ANSWER_WAIT)
+                return max(0.0, delivery.deadline - time.monotonic() - delivery.answer_wait)
 
             def get_backoff_time(self):
                 return min(super().get_backoff_time(), self._left())
@@ -274,6 +275,7 @@ class Delivery:
         self.deadline = min(time.monotonic() + opts.send_budget, run_deadline)
         self.endpoint_down, self.budget_used_up, self.lost_answer = None, False, None
         self.accepted = 0  # documents the endpoint took since start_budget()
+        self.answer_wait = min(self.ANSWER_WAIT, opts.send_budget / 4)
         retry = BudgetRetry(total=self.RETRIES, backoff_factor=0.5, backoff_jitter=0.5, backoff_max=10,
                             status_forcelist=RETRY_STATUSES, allowed_methods=None,
                             respect_retry_after_header=True, raise_on_status=False)
@@ -316,7 +318,7 @@ class Delivery:
         """(verdict, failures retried past): verdict True when delivered, False when the documents should be
         kept, else the HTTP status refusing them."""
         remaining = self.deadline - time.monotonic()
-        if self.endpoint_down or self.budget_used_up or remaining <= self.ANSWER_WAIT:
+        if self.endpoint_down or self.budget_used_up or remaining <= self.answer_wait:
             self.budget_used_up = not self.endpoint_down
             return False, []
         if self.opts.gzip:
