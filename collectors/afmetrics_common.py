@@ -22,15 +22,16 @@ import time
 from afmetrics_delivery import TOO_LARGE, Delivery, endpoint_key, network_failure, with_token
 from afmetrics_privacy import UnresolvedName, UserFilter, host_name, login_node
 from afmetrics_settings import (COLLECTOR_SETTINGS, COMMON_SETTINGS, KUBERNETES_SERVICEACCOUNT_DIR, UsageError,
-                                __version__, add_common_arguments, add_exclude_owner_argument, resolve_settings,
+                                __version__, add_common_arguments, add_exclude_owner_argument,
+                                add_jupyter_pending_argument, resolve_settings,
                                 warn_about_visible_secrets)
 from afmetrics_record import LastError, load_record, recorded_collectors, save_record
 from afmetrics_state import Spool, StateDir, iso_timestamp, this_boot
 from afmetrics_status import UNKNOWN as STATUS_UNKNOWN, status_report, write_textfile
 
 __all__ = ["COLLECTOR_SETTINGS", "COMMON_SETTINGS", "IN_UTC", "KUBERNETES_SERVICEACCOUNT_DIR", "SourceError",
-           "UsageError", "__version__", "add_exclude_owner_argument", "main", "network_failure", "script_main",
-           "this_boot"]
+           "UsageError", "__version__", "add_exclude_owner_argument", "add_jupyter_pending_argument",
+           "jupyter_document", "main", "network_failure", "script_main", "this_boot"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -84,6 +85,12 @@ def run_command(argv, timeout, env=None):
         message = " ".join(done.stderr.decode("utf-8", "replace").split()) or "no error message"
         raise SourceError("%s failed (exit %d): %s" % (argv[0], done.returncode, message[:300]))
     return done.stdout.decode("utf-8", "replace")
+
+
+def jupyter_document(name, users):
+    """The jupyter-NAME document of USERS, the report names (sorted, unique) of a service's users: jupyter.py's
+    from pods, condor.py's and slurm.py's from jobs that are Jupyter sessions."""
+    return {"kind": "jupyter-" + name, "jupyter_user_count": len(users), "users": users}
 
 
 def write_debug_file(name, documents, token):

@@ -115,10 +115,14 @@ COLLECTOR_SETTINGS = {
         Setting("queues", "lines", []),
         Setting("exclude_owners", "words", []),
         Setting("history_scan_limit", "int", 100000),
+        Setting("condor_jupyter", "lines", []),
+        Setting("jupyter_pending", "bool", False),
     ],
     "slurm": [
         Setting("slurm_queues", "lines", []),
         Setting("exclude_owners", "words", []),  # condor's too: one list of owners for both batch systems
+        Setting("slurm_jupyter", "lines", []),
+        Setting("jupyter_pending", "bool", False),  # condor's too
     ],
     "jupyter": [
         Setting("services", "lines", []),
@@ -198,11 +202,21 @@ def add_common_arguments(parser):
     add("--version", action="version", version="afmetrics " + __version__)
 
 
+def add_shared_argument(parser, flag, **options):
+    """An option condor.py and slurm.py both take: added once to a parser they share (the umbrella's)."""
+    if flag not in parser._option_string_actions:
+        parser.add_argument(flag, **options)
+
+
 def add_exclude_owner_argument(parser):
-    """--exclude-owner, taken by condor.py and slurm.py: added once to a parser they share (the umbrella's)."""
-    if "--exclude-owner" not in parser._option_string_actions:
-        parser.add_argument("--exclude-owner", dest="exclude_owners", action="append", metavar="OWNER",
-                            help="never report jobs of this owner (repeatable; condor.py and slurm.py)")
+    add_shared_argument(parser, "--exclude-owner", dest="exclude_owners", action="append", metavar="OWNER",
+                        help="never report jobs of this owner (repeatable; condor.py and slurm.py)")
+
+
+def add_jupyter_pending_argument(parser):
+    add_shared_argument(parser, "--jupyter-pending", dest="jupyter_pending", action="store_true", default=None,
+                        help="jupyter sessions that are batch jobs: also count the users whose session waits to "
+                             "start (HTCondor idle, Slurm PENDING and not held), not only those whose session runs")
 
 
 def read_config_file(path, explicit):

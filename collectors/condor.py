@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """HTCondor: one condorqueue document per configured queue (-q NAME:CONSTRAINT), one condorjob document per
 job in the queue, and each finished or removed job exactly once, from the queue or from condor_history,
-whichever sees it first.
+whichever sees it first; one jupyter-NAME document per --condor-jupyter NAME:CONSTRAINT, the owners of the
+running jobs (with --jupyter-pending also idle ones) that are Jupyter sessions by CONSTRAINT.
 
-Example: python3 collectors/condor.py -d -v -q all: -q 'short:queue=="short"'
+Example: python3 collectors/condor.py -d -v -q all: -q 'short:queue=="short"' \
+    --condor-jupyter 'htc:regexp("jupyterhub-singleuser", Arguments)'
 """
 import itertools
 import math
@@ -29,6 +31,8 @@ HISTORY_ATTRS = ["Owner", "ClusterId", "ProcId", "JobStatus", "RemoteWallClockTi
                  "EnteredCurrentStatus"]
 WATERMARK_STATE = "condor_history.json"
 FIRST_LOOK_BACK = 360  # seconds of history the very first run reports
+# JobStatus of a Jupyter session counted as in use, and with --jupyter-pending also of one waiting to start.
+SESSION_RUNNING, SESSION_WAITING = 2, 1
 # An Id reported from the queue is remembered until its history ad is seen; one whose ad never comes (no
 # history kept, or beyond history_scan_limit) is forgotten this long after the job was last seen queued.
 QUEUE_MEMORY = 7 * 86400
@@ -42,11 +46,16 @@ def add_arguments(parser):
     common.add_exclude_owner_argument(parser)
     parser.add_argument("--history-scan-limit", dest="history_scan_limit", metavar="N", type=int,
                         help="read at most the N newest condor_history ads a run (default 100000)")
+    parser.add_argument("--condor-jupyter", dest="condor_jupyter", action="append", metavar="NAME:CONSTRAINT",
+                        help="report the owners of the jobs that CONSTRAINT (a ClassAd expression) says are Jupyter "
+                             "sessions as kind jupyter-NAME; split at the first colon (repeatable)")
+    common.add_jupyter_pending_argument(parser)
 
 
 def validate(opts):
     for spec in opts.queues:
         parse_queue_spec(spec)
+    sessions_of(opts)
     if opts.history_scan_limit < 1:
         raise common.UsageError("history_scan_limit must be at least 1, not %d" % opts.history_scan_limit)
 
@@ -56,6 +65,28 @@ def parse_queue_spec(spec):
     if not colon or not name.strip():
         raise common.UsageError("bad queue %r: expected NAME:CONSTRAINT, e.g. all: or 'short:queue==\"short\"'" % spec)
     return name.strip(), constraint.strip()
+
+
+def sessions_of(opts):
+    """[(name, constraint)] of --condor-jupyter, or a UsageError; an empty constraint would make every job a
+    session, so it is one."""
+    sessions = []
+    for spec in opts.condor_jupyter:
+        name, colon, constraint = spec.partition(":")
+        if not colon or not name.strip() or not constraint.strip() or len(name.split()) > 1:
+            raise common.UsageError("bad condor_jupyter %r: expected NAME:CONSTRAINT, e.g. "
+                                    "'htc:regexp(\"jupyterhub-singleuser\", Arguments)'" % spec)
+        sessions.append((name.strip(), constraint.strip()))
+    if len({name for name, _ in sessions}) < len(sessions):
+        raise common.UsageError("condor_jupyter names a session twice: %s" % ", ".join(opts.condor_jupyter))
+    return sessions
+
+
+def session_expression(constraint):
+    """What condor_q -af prints as true for a job CONSTRAINT selects and false for any other: HTCondor evaluates
+    the ClassAd expression itself, as -constraint would (a number other than 0 is true), in the one queue query;
+    undefined and error are false, never a token that would make the row unreadable."""
+    return "ifThenElse((%s), 1, 0) =?= 1" % constraint
 
 
 def _number(token):
@@ -72,11 +103,13 @@ def parse_autoformat(text, attributes, log):
     return list(autoformat_rows(text, attributes, log))
 
 
-def autoformat_rows(text, attributes, log=None):
+def autoformat_rows(text, attributes, log=None, sessions=0):
     """Yield the rows of `condor_q/condor_history -af ATTRS` as dicts; numbers as floats, undefined as None.
 
     Owner is the only string attribute asked for and user names hold no spaces, so a split is exact;
-    a line that does not fit is skipped, and counted in a warning when a log is given.
+    a line that does not fit is skipped, and counted in a warning when a log is given. SESSIONS session
+    expressions follow the attributes: row["sessions"] is what condor_q printed of them, "true" or "false" each,
+    fewer when it could not parse one (it then drops that column and every one after it).
     """
     bad = 0
     for line in text.splitlines():
@@ -84,12 +117,15 @@ def autoformat_rows(text, attributes, log=None):
         if not tokens:
             continue
         try:
-            if len(tokens) != len(attributes):
+            if not len(attributes) <= len(tokens) <= len(attributes) + sessions:
                 raise ValueError
+            tokens, printed = tokens[:len(attributes)], tokens[len(attributes):]
             row = {attribute: token if attribute == "Owner" else _number(token)
                    for attribute, token in zip(attributes, tokens)}
             if any(row.get(attribute) in (None, "undefined") for attribute in REQUIRED_ATTRS & set(row)):
                 raise ValueError
+            if sessions:
+                row["sessions"] = printed
         except ValueError:
             bad += 1
             continue
@@ -224,8 +260,38 @@ def condor_command(tool, attributes, constraint=""):
 
 
 def replaced_by_next_run(document):
-    """Queue totals and queued jobs come again next run; a finished or removed job is reported only once."""
-    return document["kind"] == "condorqueue" or document.get("state") not in ("finished", "removed")
+    """Queue totals, Jupyter users and queued jobs come again next run; a finished or removed job is reported
+    only once."""
+    return document["kind"] != "condorjob" or document["state"] not in ("finished", "removed")
+
+
+def session_owners(rows, sessions, counted, excluded):
+    """({name: owners} of the (name, constraint) SESSIONS whose column condor_q printed for every row, the
+    sessions it could not parse): the owners, not in EXCLUDED, of the jobs in the COUNTED JobStatus values that a
+    session's expression is true for. condor_q parses a bad expression quietly, printing no column for it nor
+    for any after it; the first missing one is the bad one."""
+    owners = {name: set() for name, _ in sessions}
+    printed = len(sessions)
+    for row in rows:
+        printed = min(printed, len(row["sessions"]))
+        if row["JobStatus"] not in counted or row["Owner"] in excluded:
+            continue
+        for (name, _), value in zip(sessions, row["sessions"]):
+            if value == "true":
+                owners[name].add(row["Owner"])
+    return {name: owners[name] for name, _ in sessions[:printed]}, sessions[printed:]
+
+
+def session_documents(run, queue_text, sessions):
+    """The jupyter-NAME document of each session; one that condor_q could not parse is one error line."""
+    counted = {SESSION_RUNNING, SESSION_WAITING} if run.opts.jupyter_pending else {SESSION_RUNNING}
+    owners, unparsed = session_owners(autoformat_rows(queue_text, JOB_ATTRS, sessions=len(sessions)), sessions,
+                                      counted, set(run.opts.exclude_owners))
+    if unparsed:
+        run.source_failed("condor_jupyter %s: condor_q cannot parse its constraint %s%s" % (
+            unparsed[0][0], unparsed[0][1], "; not evaluated after it: %s" % ", ".join(name for name, _ in unparsed[1:])
+            if unparsed[1:] else ""))
+    return [common.jupyter_document(name, run.users.report_names(users)) for name, users in owners.items()]
 
 
 def constrained_queues(run):
@@ -248,7 +314,9 @@ def collect(run):
     excluded = set(opts.exclude_owners)
     now = time.time()
     # The queue before the history: a job that ends between the two is then in the history.
-    queue_text = run.command(condor_command("condor_q", JOB_ATTRS))
+    sessions = sessions_of(opts)
+    queue_text = run.command(condor_command("condor_q", JOB_ATTRS + [session_expression(constraint)
+                                                                     for _, constraint in sessions]))
     queues = constrained_queues(run)
     state = load_state(run, now)
     history_text = run.command(history_command(state, opts.history_scan_limit))
@@ -265,14 +333,17 @@ def collect(run):
     run.after_delivery.append(lambda: run.state.save(WATERMARK_STATE, next_state(state, ads, ended_in_queue, now)))
 
     # Before the first document: a user the filter cannot decide on fails the run with nothing sent.
-    run.users.decide({job["Owner"] for job in itertools.chain(autoformat_rows(queue_text, JOB_ATTRS), finished)}
-                     - excluded)
+    run.users.decide({job["Owner"] for job in itertools.chain(
+        autoformat_rows(queue_text, JOB_ATTRS, sessions=len(sessions)), finished)} - excluded)
     for name, constrained_text in queues:
         # The whole queue's rows are read twice (here quietly) rather than kept.
-        rows = autoformat_rows(queue_text, JOB_ATTRS) if constrained_text is None else \
+        rows = autoformat_rows(queue_text, JOB_ATTRS, sessions=len(sessions)) if constrained_text is None else \
             autoformat_rows(constrained_text, QUEUE_ATTRS, run.log)
         yield queue_document(name, rows)
-    for job in itertools.chain(queued_jobs(queue_text, state, in_history, ended_in_queue, run.log), finished):
+    if sessions:
+        yield from session_documents(run, queue_text, sessions)
+    for job in itertools.chain(queued_jobs(queue_text, len(sessions), state, in_history, ended_in_queue, run.log),
+                               finished):
         if job["Owner"] in excluded:
             continue
         owner = run.users.report_name(job["Owner"])
@@ -280,11 +351,11 @@ def collect(run):
             yield job_document(job, owner, now)
 
 
-def queued_jobs(queue_text, state, in_history, ended_in_queue, log):
-    """The queue's jobs to report, adding the Ids of those finished or removed to ENDED_IN_QUEUE. A job in the
-    history left the queue while the run looked, and comes from there; one finished or removed that a
-    previous run reported does not come again."""
-    for job in autoformat_rows(queue_text, JOB_ATTRS, log):
+def queued_jobs(queue_text, sessions, state, in_history, ended_in_queue, log):
+    """The queue's jobs to report (condor_q's rows with SESSIONS session columns), adding the Ids of those
+    finished or removed to ENDED_IN_QUEUE. A job in the history left the queue while the run looked, and comes
+    from there; one finished or removed that a previous run reported does not come again."""
+    for job in autoformat_rows(queue_text, JOB_ATTRS, log, sessions):
         if job_id(job) in in_history:
             continue
         if job["JobStatus"] in ENDED:

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Slurm: one slurmqueue document per configured queue (--slurm-queue NAME:PARTITIONS), one slurmjob document
 per job in the queue (squeue), and each finished job exactly once (sacct), with the fields of condor.py's
-condorqueue and condorjob documents.
+condorqueue and condorjob documents; one jupyter-NAME document per --slurm-jupyter NAME:FIELD:PATTERN, the users
+of the running jobs (with --jupyter-pending also pending ones) whose name, partition or comment PATTERN finds.
 
 Finished jobs are read by their end time from a window that starts at a cursor in the state dir. A job's
 accounting record can reach slurmdbd late (slurmdbd was down: slurmctld keeps the records in its DBD agent
@@ -10,7 +11,8 @@ queue is empty, and then to MARGIN seconds before now (clocks of the login node 
 the jobs reported from inside the window are remembered, so that none is reported twice. The cursor moves only
 after the documents were delivered or spooled, never in a debug run.
 
-Example: python3 collectors/slurm.py -d -v --slurm-queue all: --slurm-queue short:short
+Example: python3 collectors/slurm.py -d -v --slurm-queue all: --slurm-queue short:short \
+    --slurm-jupyter 'ood:name:^(ondemand/)?sys/dashboard/sys/.*jupyter'
 """
 import itertools
 import re
@@ -25,6 +27,11 @@ SETTINGS = common.COLLECTOR_SETTINGS[NAME]
 # none) and width 0 prints a field whole, never cut to a column.
 SQUEUE_FIELDS = {"id": "JobArrayID", "user": "UserName", "state": "State", "partitions": "Partition",
                  "reason": "Reason", "priority": "PriorityLong", "time": "TimeUsed", "tres": "tres-alloc"}
+# Fields users write (a job's name, its comment) can hold "|": squeue gets them, only when a Jupyter session is
+# told by them, after the others, each ended by the ASCII unit separator, which no one types.
+TEXT_FIELDS = {"name": "Name", "comment": "Comment"}
+TEXT_END = "\x1f"
+SESSION_FIELDS = ("name", "partition", "comment")
 SACCT_FIELDS = ["JobID", "User", "State", "ElapsedRaw", "End"]
 # Slurm's final states (sacct --state names them by these abbreviations); a job in one is reported once.
 FINAL_STATES = {"BF": "boot_fail", "CA": "cancelled", "CD": "completed", "DL": "deadline", "F": "failed",
@@ -54,11 +61,39 @@ def add_arguments(parser):
                         help="report a queue: NAME:PARTITIONS, a comma-separated partition list, empty for "
                              "every partition (repeatable; 'all:' is every job)")
     common.add_exclude_owner_argument(parser)
+    parser.add_argument("--slurm-jupyter", dest="slurm_jupyter", action="append", metavar="NAME:FIELD:PATTERN",
+                        help="report the users of the jobs whose FIELD (name, partition or comment) the regular "
+                             "expression PATTERN finds as kind jupyter-NAME (repeatable)")
+    common.add_jupyter_pending_argument(parser)
 
 
 def validate(opts):
     for spec in opts.slurm_queues:
         parse_queue_spec(spec)
+    sessions_of(opts)
+
+
+def sessions_of(opts):
+    """[(name, field, compiled pattern)] of --slurm-jupyter, or a UsageError."""
+    sessions = []
+    for spec in opts.slurm_jupyter:
+        name, field, pattern = (spec.split(":", 2) + ["", ""])[:3]
+        if not name.strip() or len(name.split()) > 1 or field.strip() not in SESSION_FIELDS or not pattern:
+            raise common.UsageError("bad slurm_jupyter %r: expected NAME:FIELD:PATTERN, FIELD one of %s, e.g. "
+                                    "'ood:name:sys/dashboard/sys/.*jupyter'" % (spec, ", ".join(SESSION_FIELDS)))
+        try:
+            sessions.append((name.strip(), field.strip(), re.compile(pattern)))
+        except re.error as error:
+            raise common.UsageError("bad slurm_jupyter %r: the pattern is not a regular expression: %s"
+                                    % (spec, error))
+    if len({name for name, _, _ in sessions}) < len(sessions):
+        raise common.UsageError("slurm_jupyter names a session twice: %s" % ", ".join(opts.slurm_jupyter))
+    return sessions
+
+
+def text_fields(sessions):
+    """The TEXT_FIELDS squeue must print for SESSIONS, in TEXT_FIELDS' order."""
+    return [field for field in TEXT_FIELDS if field in {field for _, field, _ in sessions}]
 
 
 def parse_queue_spec(spec):
@@ -71,9 +106,11 @@ def parse_queue_spec(spec):
     return name.strip(), frozenset(names)
 
 
-def squeue_command():
-    fields = ",".join("%s:0|" % field for field in SQUEUE_FIELDS.values())
-    return ["squeue", "--all", "--array", "--noheader", "--Format=" + fields]
+def squeue_command(texts=()):
+    """squeue's command line, with the TEXT_FIELDS named by TEXTS after the others."""
+    fields = ["%s:0|" % field for field in SQUEUE_FIELDS.values()] \
+        + ["%s:0%s" % (TEXT_FIELDS[text], TEXT_END) for text in texts]
+    return ["squeue", "--all", "--array", "--noheader", "--Format=" + ",".join(fields)]
 
 
 def duration(text):
@@ -106,7 +143,7 @@ def parsed_rows(text, parse, tool, log=None):
     bad = 0
     for line in lines(text):
         try:
-            rows = parse(line.split("|"))
+            rows = parse(line)
         except ValueError:
             bad += 1
             continue
@@ -115,23 +152,29 @@ def parsed_rows(text, parse, tool, log=None):
         log.warning("%d line(s) of %s output did not parse and were skipped", bad, tool)
 
 
-def squeue_row(fields):
-    if len(fields) != len(SQUEUE_FIELDS) + 1 or fields[-1].strip():
+def squeue_row(line, texts=()):
+    fields = line.split("|", len(SQUEUE_FIELDS))
+    if len(fields) != len(SQUEUE_FIELDS) + 1:
+        raise ValueError
+    written = fields.pop().split(TEXT_END)
+    if len(written) != len(texts) + 1 or written[-1].strip():
         raise ValueError
     row = dict(zip(SQUEUE_FIELDS, (field.strip() for field in fields)))
     if not row["id"] or not row["user"] or not row["state"].isupper():
         raise ValueError
     cpus, memory = tres(row["tres"])
+    # squeue writes a job without a comment as "(null)".
+    row.update((text, "" if value == "(null)" else value) for text, value in zip(texts, written))
     row.update(partitions=set(row["partitions"].split(",")), runtime=duration(row["time"]), cpus=cpus,
                memory=memory, held=row["state"] == "PENDING" and (int(row["priority"]) == 0
                                                                   or row["reason"].startswith("JobHeld")))
     return [row]
 
 
-def squeue_rows(text, log=None):
-    """Each job of the squeue text as a dict: id, user, state (as squeue names it), partitions (a set), held,
-    runtime (s), cpus, memory (MiB allocated)."""
-    return parsed_rows(text, squeue_row, "squeue", log)
+def squeue_rows(text, log=None, texts=()):
+    """Each job of the squeue text (of squeue_command(TEXTS)) as a dict: id, user, state (as squeue names it),
+    partitions (a set), held, runtime (s), cpus, memory (MiB allocated), and each of TEXTS as written."""
+    return parsed_rows(text, lambda line: squeue_row(line, texts), "squeue", log)
 
 
 def queue_documents(queues, rows):
@@ -176,7 +219,8 @@ def array_ids(job_id):
     return ["%s_%d" % (match.group(1), task) for numbers in tasks for task in numbers]
 
 
-def sacct_row(fields):
+def sacct_row(line):
+    fields = line.split("|")
     if len(fields) != len(SACCT_FIELDS):
         raise ValueError
     job_id, user, state, elapsed, end = fields
@@ -229,8 +273,28 @@ def job_document(row, owner):
 
 
 def replaced_by_next_run(document):
-    """Queue totals and queued jobs come again next run; a finished job is reported only once."""
-    return document["kind"] == "slurmqueue" or document.get("state") not in FINAL_STATES.values()
+    """Queue totals, Jupyter users and queued jobs come again next run; a finished job is reported only once."""
+    return document["kind"] != "slurmjob" or document["state"] not in FINAL_STATES.values()
+
+
+def is_session(row, field, pattern):
+    """Whether PATTERN finds the row's FIELD (of SESSION_FIELDS): one of a pending job's partitions will do."""
+    values = row["partitions"] if field == "partition" else [row[field]]
+    return any(pattern.search(value) for value in values)
+
+
+def session_users(rows, sessions, counted, excluded):
+    """{name: users} of the (name, field, pattern) SESSIONS: the users, not in EXCLUDED, of the rows in a COUNTED
+    state (RUNNING, and "waiting" for PENDING and not held) that are the session's by is_session."""
+    users = {name: set() for name, _, _ in sessions}
+    for row in rows:
+        state = "waiting" if row["state"] == "PENDING" and not row["held"] else row["state"]
+        if state not in counted or row["user"] in excluded:
+            continue
+        for name, field, pattern in sessions:
+            if is_session(row, field, pattern):
+                users[name].add(row["user"])
+    return users
 
 
 def collect(run):
@@ -240,7 +304,9 @@ def collect(run):
     excluded = set(opts.exclude_owners)
     now = time.time()
     # The queue before the accounting: a job that ends between the two is then in sacct's answer.
-    queue_text = run.command(squeue_command())
+    sessions = sessions_of(opts)
+    texts = text_fields(sessions)
+    queue_text = run.command(squeue_command(texts))
     waiting = agent_queue(run.command(["sdiag"]), log)
     state, problem = read_state(run.state.load(CURSOR_STATE), now)
     if problem:
@@ -264,12 +330,17 @@ def collect(run):
             state, [row for row in finished if row["id"] not in queued_still], not waiting, now)))
     queues = [parse_queue_spec(spec) for spec in opts.slurm_queues]
     # Before the first document: a user the filter cannot decide on fails the run with nothing sent.
-    run.users.decide({row["user"] for row in itertools.chain(squeue_rows(queue_text), finished or ())} - excluded)
-    yield from queue_documents(queues, squeue_rows(queue_text))
+    run.users.decide({row["user"] for row in itertools.chain(squeue_rows(queue_text, texts=texts), finished or ())}
+                     - excluded)
+    yield from queue_documents(queues, squeue_rows(queue_text, texts=texts))
+    counted = {"RUNNING", "waiting"} if opts.jupyter_pending else {"RUNNING"}
+    for name, users in session_users(squeue_rows(queue_text, texts=texts) if sessions else (), sessions, counted,
+                                     excluded).items():
+        yield common.jupyter_document(name, run.users.report_names(users))
     done = {row["id"] for row in finished or ()}
 
     def queued():
-        for row in squeue_rows(queue_text, log):
+        for row in squeue_rows(queue_text, log, texts):
             if row["id"] in done:
                 if row["state"] == "COMPLETING":
                     continue  # it ended while the run looked: reported as finished

@@ -61,7 +61,7 @@ class FakeCondorRun(common.Run):
     def __init__(self, replies, state_dir):
         opts = argparse.Namespace(queues=["all:", 'short:queue=="short"'], exclude_owners=[], obfuscate_users=True,
                                   salt="s", group="", obfuscate_hosts="", timeout=60, state_dir=state_dir,
-                                  history_scan_limit=100000)
+                                  history_scan_limit=100000, condor_jupyter=[], jupyter_pending=False)
         super().__init__(condor.NAME, opts, afmetrics_privacy.UserFilter(opts, LOG), math.inf)
         self.replies = replies
 

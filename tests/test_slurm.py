@@ -164,8 +164,9 @@ class FakeSlurm:
 
 class FakeRun(common.Run):
     def __init__(self, cluster, state_dir):
-        opts = argparse.Namespace(slurm_queues=["all:"], exclude_owners=[], obfuscate_users=False, salt="",
-                                  group="", obfuscate_hosts="", timeout=60, state_dir=state_dir)
+        opts = argparse.Namespace(slurm_queues=["all:"], exclude_owners=[], slurm_jupyter=[], jupyter_pending=False,
+                                  obfuscate_users=False, salt="", group="", obfuscate_hosts="", timeout=60,
+                                  state_dir=state_dir)
         super().__init__(slurm.NAME, opts, afmetrics_privacy.UserFilter(opts, LOG), math.inf)
         self.cluster = cluster
 

@@ -115,7 +115,8 @@ def test_history_watermark_moves_only_once_the_jobs_are_delivered_or_spooled(rec
     finished = int(time.time()) - 10
     replies = {"condor_q": "", "condor_history": "bob 7 0 4 30.0 %d %d\n" % (finished, finished)}
     monkeypatch.setattr(common, "run_command", lambda argv, timeout, env=None: replies[argv[0]])
-    opts = in_process_options(receiver, tmp_path, queues=[], exclude_owners=[], history_scan_limit=1000)
+    opts = in_process_options(receiver, tmp_path, queues=[], exclude_owners=[], history_scan_limit=1000,
+                              condor_jupyter=[], jupyter_pending=False)
     receiver.answer_always(401)
     (tmp_path / "spool-condor.jsonl").mkdir()
     assert run_in_process(condor, opts) == common.EXIT_FAILED
