@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """JupyterHub users: for each service (NAME:NAMESPACE:LABEL, default ml:af-jupyter:owner) one document of
-kind jupyter-NAME with the distinct values of LABEL on the namespace's pods that have not finished.
+kind jupyter-NAME with the distinct users of the namespace's pods that carry LABEL and have not finished: a pod's
+annotation of the same key when it has one, else its label (KubeSpawner's hub.jupyter.org/username unescaped).
 
 Kubernetes access: --kubeconfig, else $KUBECONFIG, else the in-cluster service account.
 Example: KUBECONFIG=afmetrics-reader.kubeconfig python3 collectors/jupyter.py -d -v
@@ -19,6 +20,11 @@ NAME = "jupyter"
 SETTINGS = common.COLLECTOR_SETTINGS[NAME]
 DEFAULT_SERVICE = ("ml", "af-jupyter", "owner")
 FINISHED_PHASES = {"Succeeded", "Failed"}
+# KubeSpawner, Zero-to-JupyterHub's spawner, puts the user name under this key twice (jupyterhub/kubespawner,
+# kubespawner/spawner.py, _build_common_labels and _build_common_annotations): as it is in an annotation (since
+# 0.9), and as a label escaped to fit a label's characters: before 7.0 by escapism with "-" as the escape
+# character (test_user is test-5fuser), since 7.0 kept as it is when it fits, else cut and hashed.
+KUBESPAWNER_USER_KEY = "hub.jupyter.org/username"
 
 
 def add_arguments(parser):
@@ -51,15 +57,38 @@ def validate(opts):
     services_of(opts)
 
 
+def unescaped(label):
+    """The user name in a label KubeSpawner escaped before 7.0 (escapism, "-" the escape character: -5f is _);
+    a label that holds no such escape, as 7.0's may not, as it is."""
+    import escapism  # here: only KubeSpawner's labels without their annotation need it
+
+    try:
+        return escapism.unescape(label, escape_char="-")
+    except ValueError:  # "-" followed by no hex byte, or bytes that are not UTF-8: not escapism's
+        return label
+
+
+def pod_user(metadata, key):
+    """The user of a pod: the annotation KEY, else the label KEY, unescaped when KEY is KubeSpawner's; None."""
+    if not isinstance(metadata, dict):
+        return None
+    values = [metadata.get(field) for field in ("annotations", "labels")]
+    annotation, label = (value.get(key) if isinstance(value, dict) else None for value in values)
+    if isinstance(annotation, str):
+        return annotation
+    if isinstance(label, str) and key == KUBESPAWNER_USER_KEY:
+        return unescaped(label)
+    return label
+
+
 def pod_users(pod_list, label):
-    """Distinct LABEL values of the pods in a PodList (parsed JSON) that are still pending or running."""
+    """Distinct users (pod_user) of the pods in a PodList (parsed JSON) that are still pending or running."""
     if not isinstance(pod_list, dict) or not isinstance(pod_list.get("items"), list):
         raise common.SourceError("Kubernetes API answered something that is not a PodList")
     users = set()
     for pod in pod_list["items"]:
         metadata, status = (pod.get(key) if isinstance(pod, dict) else None for key in ("metadata", "status"))
-        labels = metadata.get("labels") if isinstance(metadata, dict) else None
-        user = labels.get(label) if isinstance(labels, dict) else None
+        user = pod_user(metadata, label)
         finished = isinstance(status, dict) and status.get("phase") in FINISHED_PHASES
         if isinstance(user, str) and not finished:
             users.add(user)
@@ -193,7 +222,7 @@ def collect(run):
         except common.SourceError as error:
             run.source_failed(error)
             continue
-        documents.append({"kind": "jupyter-" + name, "jupyter_user_count": len(users), "users": users})
+        documents.append(common.jupyter_document(name, users))
     return documents
 
 

@@ -184,7 +184,7 @@ class KubernetesStandIn:
         with self.lock:
             self._users[token] = (user, set(namespaces))
 
-    def add_pod(self, namespace, name, labels=None, phase="Pending"):
+    def add_pod(self, namespace, name, labels=None, phase="Pending", annotations=None):
         """Create a pod (as the API would: uid, resourceVersion, creationTimestamp) and return it."""
         with self.lock:
             self._resource_version += 1
@@ -204,8 +204,10 @@ class KubernetesStandIn:
                 },
                 "status": {"phase": phase, "qosClass": "BestEffort"},
             }
-            if labels:  # the API leaves out an empty labels map
+            if labels:  # the API leaves out an empty labels map, and an empty annotations map
                 pod["metadata"]["labels"] = dict(labels)
+            if annotations:
+                pod["metadata"]["annotations"] = dict(annotations)
             self._pods.setdefault(namespace, {})[name] = pod
             return pod
 

@@ -19,7 +19,8 @@ import requests
 from conftest import REPO
 from k8s_standin import write_kubeconfig, write_serviceaccount
 from test_jupyter import (BOTH_SERVICES, COFFEA_LABEL, COFFEA_NAMESPACE, COFFEA_USERS, ML_NAMESPACE, ML_USERS,
-                          PODS, debug_documents, exec_credential, the_error, with_exec_plugin)
+                          PODS, Z2JH_NAMESPACE, Z2JH_PODS, Z2JH_SERVICE, Z2JH_USERS, debug_documents,
+                          exec_credential, the_error, with_exec_plugin)
 
 pytestmark = pytest.mark.k8s_real
 
@@ -46,9 +47,10 @@ class RealKubernetes:
         reply = self.admin.post(self.url + path, json=body)
         assert reply.status_code == 201, reply.text
 
-    def add_pod(self, namespace, name, labels, phase):
+    def add_pod(self, namespace, name, labels, phase, annotations=None):
         self.create("/api/v1/namespaces/%s/pods" % namespace, {
-            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels,
+                                                            "annotations": annotations or {}},
             "spec": {"containers": [{"name": "notebook", "image": "jupyter/scipy-notebook:latest"}]}})
         if phase != "Pending":  # what a kubelet reports; without one a pod stays Pending
             reply = self.admin.patch("%s/api/v1/namespaces/%s/pods/%s/status" % (self.url, namespace, name),
@@ -101,11 +103,11 @@ def real_kubernetes(tmp_path_factory):
         cluster.create("/apis/rbac.authorization.k8s.io/v1/clusterroles", {
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "pod-lister"},
             "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]})
-        for namespace in (ML_NAMESPACE, COFFEA_NAMESPACE):
+        for namespace in (ML_NAMESPACE, COFFEA_NAMESPACE, Z2JH_NAMESPACE):
             cluster.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                                   "metadata": {"name": namespace}})
             cluster.grant_pod_listing("reader", namespace)
-        for pod in PODS:
+        for pod in PODS + Z2JH_PODS:
             cluster.add_pod(*pod)
         yield cluster
     finally:
@@ -178,6 +180,13 @@ def test_two_services_phases_duplicates_and_sorting(real_kubernetes, run_jupyter
         {"kind": "jupyter-ml", "cluster": "UC-AF", "token": "", "jupyter_user_count": 3, "users": ML_USERS},
         {"kind": "jupyter-coffea", "cluster": "UC-AF", "token": "", "jupyter_user_count": 2, "users": COFFEA_USERS},
     ]
+
+
+def test_zero_to_jupyterhub_users_from_kubespawner_annotations_and_labels(real_kubernetes, run_jupyter, tmp_path):
+    done = run_jupyter("--kubeconfig", real_kubernetes.kubeconfig(tmp_path / "kubeconfig"), "--service", Z2JH_SERVICE)
+    assert done.returncode == 0, done.stderr
+    assert debug_documents(tmp_path) == [{"kind": "jupyter-z2jh", "cluster": "UC-AF", "token": "",
+                                          "jupyter_user_count": len(Z2JH_USERS), "users": Z2JH_USERS}]
 
 
 def test_obfuscation_and_debug_file(real_kubernetes, run_jupyter, tmp_path):
