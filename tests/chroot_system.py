@@ -30,6 +30,16 @@ class ChrootSystem:
         """Environment in which the batch system's client tools are this system's (bin/ holds wrappers)."""
         return {"PATH": "%s:%s" % (self.bin, os.environ["PATH"])}
 
+    def environment_counting(self, directory, tool):
+        """An environment whose TOOL (condor_q, squeue) writes each command line it runs as a line of
+        DIRECTORY/calls, then runs this system's; a test reads how often a collector called it."""
+        directory.mkdir()
+        script = directory / tool
+        script.write_text('#!/bin/sh\nprintf "%%s\\n" "$*" >> "%s"\nexec "%s/%s" "$@"\n'
+                          % (directory / "calls", self.bin, tool))
+        script.chmod(0o755)
+        return {"PATH": "%s:%s" % (directory, self.environment()["PATH"])}
+
     def prepare_gate(self):
         script = self.root / GATE.lstrip("/")
         script.write_text('#!/bin/sh\n# Ends once the gate file named by $1 exists.\n'

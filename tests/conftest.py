@@ -191,14 +191,19 @@ def local_time(moment, zone):
                           env=dict(os.environ, TZ=zone)).stdout
 
 
-def group_filter_runs(system, collect, directory, users, *args):
+# bob in /etc/passwd, outside afmgroup: a user the filter must look up, and leave out.
+BOB_PASSWD = "bob:x:4402:4402::/nonexistent:/usr/sbin/nologin"
+
+
+def group_filter_runs(system, collect, directory, users, *args, passwd=()):
     """(with_group, directory_down): functions running collect(*args, "-g", "afmgroup") against the batch system,
-    the first with a group afmgroup of users in /etc/group, the second with none, as getgrnam sees it with the
-    user directory down (user_database)."""
+    the first with a group afmgroup of users in /etc/group (and the PASSWD lines in /etc/passwd: users outside the
+    group the filter must know), the second with none, as getgrnam sees it with the user directory down
+    (user_database)."""
     def runner(database):
         prefix, env = database
         return lambda: collect(*args, "-g", "afmgroup", prefix=prefix, env=dict(system.environment(), **env))
-    return (runner(user_database(directory / "up", group=["afmgroup:x:4400:" + ",".join(users)])),
+    return (runner(user_database(directory / "up", passwd, ["afmgroup:x:4400:" + ",".join(users)])),
             runner(user_database(directory / "down")))
 
 

@@ -245,3 +245,27 @@ def test_a_scan_cut_short_by_the_limit_is_one_warning(run_collector, tmp_path):
     done = run_collector("condor.py", "-d", "--history-scan-limit", "0", "--state-dir", state, cwd=tmp_path, env=env)
     assert done.returncode == 2
     assert log_lines(done.stderr) == ["ERROR:afmetrics:history_scan_limit must be at least 1, not 0"]
+
+
+@pytest.mark.parametrize("spec", ["htc", "htc:", " :true", "h t:true"])
+def test_a_bad_jupyter_session_is_a_usage_error(spec, run_collector, tmp_path):
+    done = run_collector("condor.py", "-d", "--condor-jupyter", spec, "--state-dir", tmp_path / "state", cwd=tmp_path)
+    assert done.returncode == 2
+    [line] = log_lines(done.stderr)
+    assert line.startswith("ERROR:afmetrics:bad condor_jupyter %r: expected NAME:CONSTRAINT" % spec)
+
+
+def test_session_owners_and_the_first_expression_condor_q_could_not_parse():
+    """condor_q prints true/false for each session expression after the job's attributes, and nothing for one it
+    cannot parse nor for those after it (seen on HTCondor 23.9.6)."""
+    attrs = condor.JOB_ATTRS
+    text = "alice 1 0 0 1 1 2 1 256 true false\nbob 2 0 0 1 1 1 1 256 true false\ncarol 3 0 0 1 1 2 1 256 false\n"
+    rows = list(condor.autoformat_rows(text, attrs, LOG, sessions=2))
+    sessions = [("htc", "x"), ("bad", "y(")]
+    assert condor.session_owners(rows, sessions, {2}, set()) == ({"htc": {"alice"}}, [("bad", "y(")])
+    assert condor.session_owners(rows[:2], sessions, {1, 2}, {"alice"}) == ({"htc": {"bob"}, "bad": set()}, [])
+
+
+def test_jupyter_documents_are_snapshots_the_next_run_replaces():
+    assert condor.replaced_by_next_run({"kind": "jupyter-htc", "jupyter_user_count": 0, "users": []})
+    assert not condor.replaced_by_next_run({"kind": "condorjob", "state": "removed"})

@@ -5,13 +5,14 @@ One job mix is submitted per pool and shared by every test, in file order; the f
 they stop the schedd and the whole pool.
 """
 import collections
+import hashlib
 import json
 import time
 
 import pytest
 
-from conftest import (UNRESOLVED_GROUP, batch_collector, errors, group_filter_runs, indexed, jobs_by_id_of_kind,
-                      of_kind)
+from conftest import (BOB_PASSWD, UNRESOLVED_GROUP, batch_collector, errors, group_filter_runs, indexed,
+                      jobs_by_id_of_kind, of_kind)
 from condor_pool import USERS
 
 pytestmark = pytest.mark.condor
@@ -25,6 +26,13 @@ SLEEP = {"executable": "/bin/sleep", "arguments": "3600"}
 IN_SHORT = {"+queue": '"short"'}
 FAULT_TIMEOUT = 5  # --timeout of the fault runs, seconds
 PYTHON_START_SLACK = 10  # seconds a run may take beyond its timeout: interpreter start, host collector
+# BNL's HTC JupyterHub runs each session as an HTCondor job (usatlas/af-docs, docs/bnl/jupyter.md). The submit
+# description of batchspawner's CondorSpawner (jupyterhub/batchspawner, batchspawner/batchspawner.py), submitted
+# as the user: /bin/sh running batchspawner-singleuser jupyterhub-singleuser, which the README's setting finds.
+HUB_SESSION = {"executable": "/bin/sh", "getenv": "True", "should_transfer_files": "False", "request_cpus": 1,
+               "request_memory": 256,
+               "arguments": "\"-c 'exec batchspawner-singleuser jupyterhub-singleuser --ip=0.0.0.0'\""}
+SESSION_CONSTRAINT = 'regexp("jupyterhub-singleuser", Arguments)'
 
 
 class JobMix:
@@ -279,6 +287,66 @@ def test_group_that_cannot_be_resolved_leaves_the_cursor(condor_pool, collect, t
     done, documents, _ = with_group()
     assert done.returncode == 0, done.stderr
     assert jobs_by_id(documents)[job]["state"] == "finished"
+
+
+@pytest.fixture(scope="module")
+def hub_sessions(condor_pool, job_mix):
+    """Sessions of both users beside the mix's jobs, which are not sessions: alice's two run, bob's wait, one idle
+    (no slot is that big) and one held. The session's program is a stand-in that sleeps."""
+    stand_in = condor_pool.root / "usr" / "local" / "bin" / "batchspawner-singleuser"
+    stand_in.write_text("#!/bin/sh\nexec sleep 3600\n")
+    stand_in.chmod(0o755)
+    running = condor_pool.submit("alice", "hub", HUB_SESSION) + condor_pool.submit("alice", "hub-gpu", HUB_SESSION)
+    idle = condor_pool.submit("bob", "hub", dict(HUB_SESSION, request_cpus=64))
+    held = condor_pool.submit("bob", "hub-held", dict(HUB_SESSION, hold="true"))
+    condor_pool.wait_for("the sessions", lambda jobs: all(jobs[job]["JobStatus"] == 2 for job in running)
+                         and jobs[idle[0]]["JobStatus"] == 1 and jobs[held[0]]["JobStatus"] == 5)
+    return running + idle + held
+
+
+def session_owners(pool, states):
+    """The owners of the sessions in the JobStatus values STATES, as condor_q itself selects them."""
+    constraint = "(%s) && (%s)" % (SESSION_CONSTRAINT, " || ".join("JobStatus == %d" % state for state in states))
+    return sorted({ad["Owner"] for ad in pool.jobs("-constraint", constraint).values()})
+
+
+@pytest.mark.parametrize("options, states", [([], [2]), (["--jupyter-pending"], [1, 2])])
+def test_jupyter_users_are_the_owners_of_hub_sessions_from_the_one_queue_read(condor_pool, hub_sessions, collect,
+                                                                               tmp_path, options, states):
+    env = condor_pool.environment_counting(tmp_path / "counting", "condor_q")
+    done, documents, _ = collect("-q", "all:", "--condor-jupyter", "htc:" + SESSION_CONSTRAINT, *options, env=env)
+    assert done.returncode == 0, done.stderr
+    users = session_owners(condor_pool, states)
+    assert users == (["alice"] if states == [2] else ["alice", "bob"])
+    assert of_kind(documents, "jupyter-htc") == [{"token": TOKEN, "cluster": CLUSTER, "kind": "jupyter-htc",
+                                                  "jupyter_user_count": len(users), "users": users}]
+    assert set(jobs_by_id(documents)) >= set(condor_pool.jobs())
+    assert len((tmp_path / "counting" / "calls").read_text().splitlines()) == 1
+
+
+def test_jupyter_users_are_filtered_hashed_and_excluded_as_job_owners_are(condor_pool, hub_sessions, collect,
+                                                                          tmp_path):
+    options = ["--condor-jupyter", "htc:" + SESSION_CONSTRAINT, "--jupyter-pending", "--condor-jupyter",
+               "everyone:true"]
+    with_group, _ = group_filter_runs(condor_pool, collect, tmp_path, ["alice"], *options, passwd=[BOB_PASSWD])
+    for done, documents, _ in [with_group(), collect(*options, "--exclude-owner", "bob", "-o", "-z", "pepper")]:
+        assert done.returncode == 0, done.stderr
+        alice = hashlib.md5(b"pepperalice").hexdigest()[-8:] if "-o" in done.args else "alice"
+        assert [(doc["kind"], doc["users"]) for doc in documents if doc["kind"].startswith("jupyter-")] == [
+            ("jupyter-htc", [alice]), ("jupyter-everyone", [alice])]
+        assert {doc["users"] for doc in of_kind(documents, "condorjob")} == {alice}
+
+
+def test_a_session_constraint_condor_q_cannot_parse_costs_only_the_sessions(condor_pool, hub_sessions, collect):
+    """condor_q takes an expression it cannot parse without a word, and prints no column for it nor for any
+    after it."""
+    done, documents, _ = collect("-q", "all:", "--condor-jupyter", "htc:" + SESSION_CONSTRAINT,
+                                 "--condor-jupyter", 'bad:regexp("x", Arguments', "--condor-jupyter", "after:true")
+    assert done.returncode == 1
+    assert errors(done) == ['ERROR:condor:condor_jupyter bad: condor_q cannot parse its constraint regexp("x", '
+                            'Arguments; not evaluated after it: after'], done.stderr
+    assert [doc["kind"] for doc in documents if doc["kind"].startswith("jupyter-")] == ["jupyter-htc"]
+    assert set(jobs_by_id(documents)) >= set(condor_pool.jobs())
 
 
 def assert_fails_within_timeout(collect):

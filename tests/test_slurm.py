@@ -320,3 +320,45 @@ def test_a_bad_queue_is_a_usage_error_before_anything_runs(spec, run_collector, 
     assert log_lines(done.stderr) == ["ERROR:afmetrics:bad slurm queue %r: expected NAME:PARTITIONS, e.g. all: or "
                                       "short:short,debug" % spec]
     assert not (tmp_path / "slurm.json").exists() and not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("spec", ["ood:name", "ood:title:x", "o d:name:x", ":name:x", "ood:name:(", "ood:name:"])
+def test_a_bad_jupyter_session_is_a_usage_error_before_anything_runs(spec, run_collector, tmp_path):
+    done = run_collector("slurm.py", "-d", "--slurm-jupyter", spec, "--state-dir", tmp_path / "state", cwd=tmp_path)
+    assert done.returncode == 2
+    [line] = log_lines(done.stderr)
+    assert line.startswith("ERROR:afmetrics:bad slurm_jupyter %r: " % spec)
+    assert not (tmp_path / "slurm.json").exists() and not (tmp_path / "state").exists()
+
+
+def test_text_fields_end_with_the_unit_separator_and_may_hold_bars():
+    """What squeue 22.05 wrote for --Format=...,Name:0\\x1f,Comment:0\\x1f (seen on the real cluster): a name
+    with "|" and spaces, no comment written (null)."""
+    command = slurm.squeue_command(["name", "comment"])
+    assert command[-1].endswith(",Name:0\x1f,Comment:0\x1f")
+    line = "7|alice|RUNNING|short|None|1|0:05|cpu=1,mem=100M,node=1|we|ird  name \x1f(null)\x1f"
+    [row] = slurm.squeue_rows(line, LOG, ["name", "comment"])
+    assert (row["id"], row["name"], row["comment"]) == ("7", "we|ird  name ", "")
+    assert list(slurm.squeue_rows(line, None, ["name"])) == []  # one text field too many: not this format
+
+
+def test_session_users_count_running_jobs_and_pending_ones_when_asked():
+    sessions = slurm.sessions_of(argparse.Namespace(slurm_jupyter=["ood:name:sys/dashboard/sys/[^/]*jupyter",
+                                                                   "short:partition:^short$", "c:comment:x"]))
+    rows = [{"user": "alice", "state": "RUNNING", "held": False, "name": "sys/dashboard/sys/jupyter",
+             "partitions": {"long"}, "comment": ""},
+            {"user": "bob", "state": "PENDING", "held": False, "name": "sys/dashboard/sys/slac-ood-jupyter",
+             "partitions": {"long", "short"}, "comment": "x"},
+            {"user": "carol", "state": "PENDING", "held": True, "name": "sys/dashboard/sys/jupyter",
+             "partitions": {"short"}, "comment": "x"},
+            {"user": "dave", "state": "RUNNING", "held": False, "name": "sys/dashboard/sys/bc_desktop/jupyter",
+             "partitions": {"short"}, "comment": "x"}]
+    assert slurm.session_users(rows, sessions, {"RUNNING"}, set()) == {"ood": {"alice"}, "short": {"dave"},
+                                                                       "c": {"dave"}}
+    assert slurm.session_users(rows, sessions, {"RUNNING", "waiting"}, {"dave"}) == {
+        "ood": {"alice", "bob"}, "short": {"bob"}, "c": {"bob"}}
+
+
+def test_jupyter_documents_are_snapshots_the_next_run_replaces():
+    assert slurm.replaced_by_next_run({"kind": "jupyter-ood", "jupyter_user_count": 0, "users": []})
+    assert not slurm.replaced_by_next_run({"kind": "slurmjob", "state": "completed"})

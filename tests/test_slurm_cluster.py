@@ -6,13 +6,15 @@ One job mix is submitted per session and shared by every test, in file order; th
 because they stop and freeze slurmctld.
 """
 import collections
+import hashlib
 import json
+import re
 import signal
 import time
 
 import pytest
 
-from conftest import (UNRESOLVED_GROUP, batch_collector, errors, falling_back, group_filter_runs, indexed,
+from conftest import (BOB_PASSWD, UNRESOLVED_GROUP, batch_collector, errors, falling_back, group_filter_runs, indexed,
                       jobs_by_id_of_kind, local_time, log_lines, of_kind)
 from slurm_cluster import FINAL_STATES, USERS, expand
 
@@ -25,6 +27,13 @@ GATED = "/usr/local/bin/afmetrics-gated-job"
 FAULT_TIMEOUT = 5  # --timeout of the fault runs, seconds
 STOPPED_TIMEOUT = 20
 PYTHON_START_SLACK = 10  # seconds a run may take beyond its timeout: interpreter start, host collector
+# Jupyter at SLAC is an Open OnDemand interactive app, a Slurm job (usatlas/af-docs, docs/slac/jupyter.md); its app
+# (slaclab/slac-ood-jupyter, submit.yml.erb) names no job, so OnDemand's name is the job's: sys/dashboard/sys/ and
+# the app's directory, after the portal's name where one is set. BNL's HPC JupyterHub runs Slurm jobs too
+# (docs/bnl/jupyter.md), which batchspawner's SlurmSpawner names spawner-jupyterhub (jupyterhub/batchspawner,
+# batchspawner/batchspawner.py). The README's settings for both.
+OOD_SESSIONS = "ood:name:sys/dashboard/sys/[^/]*jupyter"
+SPAWNER_SESSIONS = "hpc:name:^spawner-jupyterhub$"
 # Slurm checks time limits and deadlines every 30 s: a one-minute job times out 60 to 90 s after it started.
 TIME_LIMIT_WAIT = 150
 
@@ -345,6 +354,60 @@ def test_finished_job_is_not_reported_again_in_the_repeated_hour(slurm_cluster, 
     done, documents, _ = collect(*QUEUES, env=dict(cluster.environment(), TZ=zone))
     assert done.returncode == 0, done.stderr
     assert job not in jobs_by_id(documents)
+
+
+@pytest.fixture(scope="module")
+def jupyter_sessions(slurm_cluster, job_mix):
+    """Sessions and look-alikes beside the mix's jobs (none of which is one), two users with several each:
+    alice's two OnDemand Jupyter sessions run; of bob's, the OnDemand one waits (it may begin in an hour) while his
+    OnDemand desktop and his JupyterHub session run; a job name with "|" in it must not cost its job."""
+    cluster = slurm_cluster
+    jobs = [cluster.sbatch("alice", "--job-name=sys/dashboard/sys/slac-ood-jupyter"),
+            cluster.sbatch("alice", "--job-name=ondemand/sys/dashboard/sys/jupyter", "-p", "short"),
+            cluster.sbatch("bob", "--job-name=sys/dashboard/sys/slac-ood-jupyter", "--begin=now+1hour"),
+            cluster.sbatch("bob", "--job-name=sys/dashboard/sys/bc_desktop"),
+            cluster.sbatch("bob", "--job-name=spawner-jupyterhub"),
+            cluster.sbatch("alice", "--job-name=notebook | sys/dashboard/sys/jupyter", "--comment=a | b")]
+    cluster.wait_for("the sessions", lambda queue: [queue[job]["JobState"] for job in jobs] == ["RUNNING"] * 2
+                     + ["PENDING"] + ["RUNNING"] * 3)
+    return jobs
+
+
+def session_users(cluster, spec, pending):
+    """The users of the running jobs (with PENDING also of those pending and not held) whose name the pattern of
+    the --slurm-jupyter SPEC finds, as scontrol tells them (a name with a space is cut at it there)."""
+    states = {"RUNNING", "PENDING"} if pending else {"RUNNING"}
+    return sorted({record["UserId"].split("(")[0] for record in cluster.queue().values()
+                   if record["JobState"] in states and not held(record)
+                   and re.search(spec.split(":", 2)[2], record["JobName"])})
+
+
+@pytest.mark.parametrize("pending", [False, True])
+def test_jupyter_users_of_ondemand_and_jupyterhub_sessions_from_the_one_squeue(slurm_cluster, jupyter_sessions, collect,
+                                                                               tmp_path, pending):
+    env = slurm_cluster.environment_counting(tmp_path / "counting", "squeue")
+    done, documents, _ = collect("--slurm-jupyter", OOD_SESSIONS, "--slurm-jupyter", SPAWNER_SESSIONS,
+                                 *(["--jupyter-pending"] if pending else []), env=env)
+    assert done.returncode == 0, done.stderr
+    ood, spawner = (session_users(slurm_cluster, spec, pending) for spec in (OOD_SESSIONS, SPAWNER_SESSIONS))
+    assert (ood, spawner) == ((["alice", "bob"] if pending else ["alice"]), ["bob"])
+    assert [doc for doc in documents if doc["kind"].startswith("jupyter-")] == [
+        {"token": TOKEN, "cluster": CLUSTER, "kind": "jupyter-ood", "jupyter_user_count": len(ood), "users": ood},
+        {"token": TOKEN, "cluster": CLUSTER, "kind": "jupyter-hpc", "jupyter_user_count": 1, "users": spawner}]
+    assert set(slurm_cluster.queue()) <= set(jobs_by_id(documents))
+    assert len((tmp_path / "counting" / "calls").read_text().splitlines()) == 1
+
+
+def test_jupyter_users_by_partition_and_comment_filtered_hashed_and_excluded(slurm_cluster, jupyter_sessions, collect,
+                                                                             tmp_path):
+    options = ["--slurm-jupyter", "short:partition:^short$", "--slurm-jupyter", r"commented:comment:^a \| b$"]
+    with_group, _ = group_filter_runs(slurm_cluster, collect, tmp_path, ["alice"], *options, passwd=[BOB_PASSWD])
+    for done, documents, _ in [with_group(), collect(*options, "--exclude-owner", "bob", "-o", "-z", "pepper")]:
+        assert done.returncode == 0, done.stderr
+        alice = hashlib.md5(b"pepperalice").hexdigest()[-8:] if "-o" in done.args else "alice"
+        assert [(doc["kind"], doc["users"]) for doc in documents if doc["kind"].startswith("jupyter-")] == [
+            ("jupyter-short", [alice]), ("jupyter-commented", [alice])]
+        assert {doc["users"] for doc in of_kind(documents, "slurmjob")} == {alice}
 
 
 def assert_fails_within_timeout(collect, timeout=FAULT_TIMEOUT):
