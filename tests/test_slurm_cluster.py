@@ -362,6 +362,9 @@ def jupyter_sessions(slurm_cluster, job_mix):
     alice's two OnDemand Jupyter sessions run; of bob's, the OnDemand one waits (it may begin in an hour) while his
     OnDemand desktop and his JupyterHub session run; a job name with "|" in it must not cost its job."""
     cluster = slurm_cluster
+    # Room on the node: the mix's gated jobs end (in file order they ended already).
+    for gate in ["gate-%d" % n for n in range(len(job_mix.gated))] + ["gate-completing"]:
+        cluster.open_gate(gate)
     jobs = [cluster.sbatch("alice", "--job-name=sys/dashboard/sys/slac-ood-jupyter"),
             cluster.sbatch("alice", "--job-name=ondemand/sys/dashboard/sys/jupyter", "-p", "short"),
             cluster.sbatch("bob", "--job-name=sys/dashboard/sys/slac-ood-jupyter", "--begin=now+1hour"),
