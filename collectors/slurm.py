@@ -12,7 +12,7 @@ the jobs reported from inside the window are remembered, so that none is reporte
 after the documents were delivered or spooled, never in a debug run.
 
 Example: python3 collectors/slurm.py -d -v --slurm-queue all: --slurm-queue short:short \
-    --slurm-jupyter 'ood:name:^(ondemand/)?sys/dashboard/sys/.*jupyter'
+    --slurm-jupyter 'ood:name:sys/dashboard/sys/[^/]*jupyter'
 """
 import itertools
 import re
