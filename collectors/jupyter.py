@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""JupyterHub users: for each service (NAME:NAMESPACE:LABEL, default ml:af-jupyter:owner) one document of
-kind jupyter-NAME with the distinct values of LABEL on the namespace's pods that have not finished.
+"""JupyterHub users: for each service (NAME:NAMESPACE:LABEL; by default, as the old tool's -j,
+ml:af-jupyter:owner and coffea:coffea-casa:jhub_user) one document of kind jupyter-NAME with the distinct values of LABEL on the namespace's pods that have not finished.
 
 Kubernetes access: --kubeconfig, else $KUBECONFIG, else the in-cluster service account.
 Example: KUBECONFIG=afmetrics-reader.kubeconfig python3 collectors/jupyter.py -d -v
@@ -14,16 +14,17 @@ import signal
 import sys
 
 import afmetrics_common as common
+import afmetrics_settings
 
 NAME = "jupyter"
 SETTINGS = common.COLLECTOR_SETTINGS[NAME]
-DEFAULT_SERVICE = ("ml", "af-jupyter", "owner")
 FINISHED_PHASES = {"Succeeded", "Failed"}
 
 
 def add_arguments(parser):
     parser.add_argument("-n", "--namespace", help="namespace of the default ml service (default af-jupyter)")
-    parser.add_argument("-l", "--label", help="pod label holding the user name (default owner)")
+    parser.add_argument("-l", "--label", help="pod label of the default ml service holding the user name "
+                                              "(default owner)")
     parser.add_argument("--service", dest="services", action="append", metavar="NAME:NAMESPACE:LABEL",
                         help="a JupyterHub service to report as kind jupyter-NAME (repeatable)")
     parser.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig file (default $KUBECONFIG, else in-cluster)")
@@ -33,10 +34,10 @@ def add_arguments(parser):
 
 
 def services_of(opts):
-    """[(name, namespace, label)] from --service, or the default service with -n/-l applied."""
-    if not opts.services:
-        return [(DEFAULT_SERVICE[0], opts.namespace or DEFAULT_SERVICE[1], opts.label or DEFAULT_SERVICE[2])]
-    if opts.namespace or opts.label:
+    """[(name, namespace, label)] from the services setting; -n/-l change the default ml service only, as the
+    old tool's do (its coffea service stays coffea-casa, jhub_user)."""
+    default = opts.services == afmetrics_settings.DEFAULT_JUPYTER_SERVICES
+    if not default and (opts.namespace or opts.label):
         raise common.UsageError("-n/-l set the default service only; with --service give NAME:NAMESPACE:LABEL")
     services = []
     for spec in opts.services:
@@ -44,6 +45,9 @@ def services_of(opts):
         if len(parts) != 3 or not all(part.strip() for part in parts):
             raise common.UsageError("bad service %r: expected NAME:NAMESPACE:LABEL, e.g. ml:af-jupyter:owner" % spec)
         services.append(tuple(part.strip() for part in parts))
+    if default:
+        name, namespace, label = services[0]
+        services[0] = (name, opts.namespace or namespace, opts.label or label)
     return services
 
 
