@@ -269,8 +269,10 @@ def afmetrics_old_tool_report(old, effective):
         if name not in old["settings"]:
             continue
         value, now = old["settings"][name], effective.get(name)
-        if name == "jupyter_services" and not value:
-            continue  # the collectors' default is what the old -j sent
+        if isinstance(value, bool):  # the inventory's yes, "true" or 1
+            now = str(now).lower() in ("true", "yes", "on", "1")
+        if value in ("", [], False) and now == value:
+            continue  # nothing set there, nothing set here (jupyter_services: the default is the old -j's)
         if now == value:
             report.append("afmetrics_%s: %s (carried over from the old line)" % (name, _shown(name, value)))
         else:

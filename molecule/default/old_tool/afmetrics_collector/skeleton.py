@@ -4,8 +4,9 @@ from reading its code, for Molecule and tests/test_compare.py to compare the rol
 
 Like the old tool: the same options; each collector in its order (jupyter, ssh, host, batch) and the first that
 fails ends the run with a traceback; -d appends json.dumps(document, indent=4) to jupyter-debug.json, ssh.json,
-host.json and condor.json in the current directory, nothing between two documents. Without -d it only logs a line
-(the old tool POSTs each document; nothing here reaches an endpoint). Unlike it: no Kubernetes client, so -j fails
+host.json and condor.json in the current directory, nothing between two documents. Without -d it only logs the
+line its cron runs leave in the log, and collects nothing (the old tool POSTs each document: nothing here could
+reach an endpoint). Unlike it: no Kubernetes client, so -j fails
 as the old tool does where it cannot load a kubeconfig; /proc read directly where it used psutil (the same
 figures: psutil's total memory is MemTotal, its network counters /proc/net/dev's).
 """
@@ -200,16 +201,16 @@ COLLECTORS = [("jupyter", jupyter, "jupyter-debug.json"), ("ssh", ssh, "ssh.json
 
 def main(argv):
     args = parse_args(argv)
+    if not args.debug_local:
+        # What its cron line leaves in the log; nothing is collected or sent.
+        print("[%s] INFO:afmetrics_collector.skeleton:the old afmetrics_collector %s ran"
+              % (time.strftime("%Y-%m-%d %H:%M:%S"), __version__))
+        return
     for flag, collect, debug_file in COLLECTORS:
-        if not getattr(args, flag):
-            continue
-        for document in collect(args):
-            if args.debug_local:
+        if getattr(args, flag):
+            for document in collect(args):
                 with open(debug_file, "a") as handle:
                     handle.write(json.dumps(document, indent=4))
-        if not args.debug_local:
-            print("[%s] INFO:afmetrics_collector.skeleton:the old afmetrics_collector %s ran (%s)"
-                  % (time.strftime("%Y-%m-%d %H:%M:%S"), __version__, flag))
 
 
 def run():
