@@ -7,6 +7,7 @@ be committed here): Molecule installs it on its old tool's node; here it runs fr
 """
 import base64
 import hashlib
+import importlib.util
 import json
 import os
 import shlex
@@ -19,10 +20,20 @@ import utmp
 from conftest import COLLECTORS, REPO, collector_environment, skip_or_fail
 
 ROLE = REPO / "roles" / "afmetrics_collector"
-sys.path[:0] = [str(ROLE / "filter_plugins"), str(ROLE / "files")]
-import afmetrics_compare  # noqa: E402
-import afmetrics_compare_runs  # noqa: E402
-import afmetrics_old_tool  # noqa: E402
+
+
+def role_module(path):
+    """A module of the role, loaded from its file: the role's directories never go on sys.path, where its
+    filter plugin afmetrics_status would hide the collectors' module of that name."""
+    spec = importlib.util.spec_from_file_location("role_" + path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+afmetrics_compare = role_module(ROLE / "filter_plugins" / "afmetrics_compare.py")
+afmetrics_compare_runs = role_module(ROLE / "files" / "afmetrics_compare_runs.py")
+afmetrics_old_tool = role_module(ROLE / "filter_plugins" / "afmetrics_old_tool.py")
 
 INSTALL_DIR = "/opt/afmetrics"
 OLD_TOOL = REPO / "molecule" / "default" / "old_tool"
