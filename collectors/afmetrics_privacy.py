@@ -1,8 +1,7 @@
 """Privacy: user and host obfuscation and the group filter, applied before anything leaves the node.
 
 Both obfuscations can give exactly what the old tool (afmetrics_collector) sent, so that a site's numbers
-stay the same at cutover: user_hash = sha256 is what its code sends (the default md5 is what its README
-says), and a node's name is socket.gethostname() as it sends it, with every digit of it for -O.
+stay the same at cutover: the default user_hash, sha256, is what its code sends (md5 is what its README says), and a node's name is socket.gethostname() as it sends it, with every digit of it for -O.
 """
 import grp
 import hashlib
@@ -21,7 +20,7 @@ USER_HASHES = {
 }
 
 
-def obfuscate_user(name, salt="", user_hash="md5"):
+def obfuscate_user(name, salt="", user_hash="sha256"):
     """8 hex digits of user_hash over salt + name (UTF-8), as the old tool and its README have them."""
     return USER_HASHES[user_hash]((salt + name).encode("utf-8"))
 
@@ -48,7 +47,7 @@ def login_node(opts):
 def check_user_hash(opts):
     """The user_hash setting, or a UsageError naming where a bad one came from (the command line's choices
     already refused a bad --user-hash: it can only come from AFMETRICS_USER_HASH or the config file)."""
-    user_hash = getattr(opts, "user_hash", "md5")
+    user_hash = getattr(opts, "user_hash", "sha256")
     if user_hash in USER_HASHES:
         return user_hash
     if os.environ.get("AFMETRICS_USER_HASH"):

@@ -92,7 +92,9 @@ COMMON_SETTINGS = [
     Setting("connections", "int", 10),
     Setting("obfuscate_users", "bool", False),
     Setting("salt", "secret", ""),
-    Setting("user_hash", "str", "md5"),
+    # What the old tool's code sends with -o, so the user ids the dashboards hold stay the same at cutover
+    # (maniaclab/afmetrics_collector src/afmetrics_collector/skeleton.py); md5 is what its README describes.
+    Setting("user_hash", "str", "sha256"),
     Setting("obfuscate_hosts", "str", ""),
     Setting("login_node", "str", ""),
     Setting("group", "str", ""),
@@ -102,6 +104,14 @@ COMMON_SETTINGS = [
 ]
 
 KUBERNETES_SERVICEACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+# The old tool's -j sends both, whatever -n and -l say of the first (maniaclab/afmetrics_collector
+# src/afmetrics_collector/skeleton.py: get_jupyter_users(args.ns, args.label), then ("coffea-casa", "jhub_user")).
+DEFAULT_JUPYTER_SERVICES = ["ml:af-jupyter:owner", "coffea:coffea-casa:jhub_user"]
+# coffea-casa's HTCondor workers: the old tool's condor_q and condor_history constraints leave them out of the
+# condorjob documents (Owner =!= "atlas-coffea", maniaclab/afmetrics_collector src/afmetrics_collector/condor.py),
+# while its queue totals count them. One list for condor.py and slurm.py, which the umbrella resolves once.
+DEFAULT_EXCLUDE_OWNERS = ["atlas-coffea"]
 
 # One config file serves every collector on a node, so each script must know the names the others take, to
 # warn only about real typos: that is why every collector's own settings are listed here, not in its script.
@@ -113,19 +123,19 @@ COLLECTOR_SETTINGS = {
     ],
     "condor": [
         Setting("queues", "lines", []),
-        Setting("exclude_owners", "words", []),
+        Setting("exclude_owners", "words", DEFAULT_EXCLUDE_OWNERS),
         Setting("history_scan_limit", "int", 100000),
         Setting("condor_jupyter", "lines", []),
         Setting("jupyter_pending", "bool", False),
     ],
     "slurm": [
         Setting("slurm_queues", "lines", []),
-        Setting("exclude_owners", "words", []),  # condor's too: one list of owners for both batch systems
+        Setting("exclude_owners", "words", DEFAULT_EXCLUDE_OWNERS),  # condor's too: one list of owners for both batch systems
         Setting("slurm_jupyter", "lines", []),
         Setting("jupyter_pending", "bool", False),  # condor's too
     ],
     "jupyter": [
-        Setting("services", "lines", []),
+        Setting("services", "lines", DEFAULT_JUPYTER_SERVICES),
         Setting("namespace", "str", ""),
         Setting("label", "str", ""),
         Setting("kubeconfig", "str", ""),
@@ -157,8 +167,8 @@ def add_common_arguments(parser):
         help="replace user names by 8 hex digits of a hash of salt + name (which hash: --user-hash)")
     add("-z", "--salt", help="salt for user obfuscation (prefer the config file or AFMETRICS_SALT)")
     add("--user-hash", choices=("md5", "sha256"),
-        help="hash of -o: md5 (last 8 hex digits of MD5(salt + name), as the old README says; default) or "
-             "sha256 (first 8 of SHA-256(salt + name): what the old afmetrics_collector really sends)")
+        help="hash of -o: sha256 (first 8 hex digits of SHA-256(salt + name): what the old afmetrics_collector "
+             "sends; default) or md5 (last 8 of MD5(salt + name), as the old README says)")
     add("-O", "--obfuscate-hosts", metavar="DOMAIN",
         help="report the node name as 'atlas' + every digit of it + '.DOMAIN', as the old tool does "
              "(login1.t2.example.edu gives atlas12.DOMAIN); applies to --login-node too")

@@ -73,20 +73,31 @@ def counter_deltas(previous, current):
     return None if any(delta < 0 for delta in deltas) else deltas
 
 
-def device_of(path, partitions, realpath=os.path.realpath):
-    """The kernel name (as in /proc/diskstats) of the device whose file system is visible at path, or "" when
-    unknown; partitions in /proc/self/mounts order, as psutil.disk_partitions(all=True) gives them.
+def mount_source(path, partitions, realpath=os.path.realpath):
+    """The source (the first field of /proc/self/mounts, as psutil.disk_partitions(all=True) gives it, in that
+    order) of the mount visible at path, or "" when none is.
 
     Of equally long mount points the last listed is the one on top: an autofs point is listed before the file
-    system it mounts there, and a mount over a mount after the one it covers. A device path is resolved
-    through its links (/dev/mapper/NAME -> ../dm-N) with realpath; a name such as tmpfs or host:/export
-    is the device as it stands.
+    system it mounts there, and a mount over a mount after the one it covers.
     """
     path = realpath(path)
     holders = [p for p in partitions if path == p.mountpoint or path.startswith(p.mountpoint.rstrip("/") + "/")]
-    if not holders:
-        return ""
-    device = max(reversed(holders), key=lambda p: len(p.mountpoint)).device
+    return max(reversed(holders), key=lambda p: len(p.mountpoint)).device if holders else ""
+
+
+def reported_device(source):
+    """A DISK document's device: the mount's source without its leading /dev/, as the old tool sends it from
+    /etc/mtab (maniaclab/afmetrics_collector src/afmetrics_collector/host.py, Xdisk.set_device): mapper/rl-home
+    for an LVM volume, server:/export for NFS."""
+    return source[len("/dev/"):] if source.startswith("/dev/") else source
+
+
+def device_of(path, partitions, realpath=os.path.realpath):
+    """The kernel name (as in /proc/diskstats) of the device whose file system is visible at path, or "" when
+    unknown. A device path is resolved through its links (/dev/mapper/NAME -> ../dm-N) with realpath; a name
+    such as tmpfs or host:/export is the device as it stands.
+    """
+    device = mount_source(path, partitions, realpath)
     return os.path.basename(realpath(device)) if device.startswith("/dev/") else device
 
 
@@ -266,7 +277,8 @@ def disk_documents(run, node, now):
         device = device_of(mount, partitions)
         document = {"kind": "DISK", "login_node": node, "mount": mount, "total": usage.total,
                     "used": usage.used, "free": usage.free,
-                    "utilization": usage.used / usage.total if usage.total else 0.0, "device": device}
+                    "utilization": usage.used / usage.total if usage.total else 0.0,
+                    "device": reported_device(mount_source(mount, partitions))}
         deltas = counter_deltas(io_before["devices"].get(device), io_now.get(device, []))
         if deltas is not None:
             document["io"] = dict(zip(("reads", "read_bytes", "writes", "write_bytes"), deltas),

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""JupyterHub users: for each service (NAME:NAMESPACE:LABEL, default ml:af-jupyter:owner) one document of
-kind jupyter-NAME with the distinct users of the namespace's pods that carry LABEL and have not finished: a pod's
-annotation of the same key when it has one, else its label (KubeSpawner's hub.jupyter.org/username unescaped).
+"""JupyterHub users: for each service (NAME:NAMESPACE:LABEL; by default, as the old tool's -j,
+ml:af-jupyter:owner and coffea:coffea-casa:jhub_user) one document of kind jupyter-NAME with the distinct users of
+the namespace's pods that carry LABEL and have not finished: a pod's annotation of the same key when it has one,
+else its label (KubeSpawner's hub.jupyter.org/username unescaped).
 
 Kubernetes access: --kubeconfig, else $KUBECONFIG, else the in-cluster service account.
 Example: KUBECONFIG=afmetrics-reader.kubeconfig python3 collectors/jupyter.py -d -v
@@ -15,10 +16,10 @@ import signal
 import sys
 
 import afmetrics_common as common
+import afmetrics_settings
 
 NAME = "jupyter"
 SETTINGS = common.COLLECTOR_SETTINGS[NAME]
-DEFAULT_SERVICE = ("ml", "af-jupyter", "owner")
 FINISHED_PHASES = {"Succeeded", "Failed"}
 # KubeSpawner, Zero-to-JupyterHub's spawner, puts the user name under this key twice (jupyterhub/kubespawner,
 # kubespawner/spawner.py, _build_common_labels and _build_common_annotations): as it is in an annotation (since
@@ -29,7 +30,8 @@ KUBESPAWNER_USER_KEY = "hub.jupyter.org/username"
 
 def add_arguments(parser):
     parser.add_argument("-n", "--namespace", help="namespace of the default ml service (default af-jupyter)")
-    parser.add_argument("-l", "--label", help="pod label holding the user name (default owner)")
+    parser.add_argument("-l", "--label", help="pod label of the default ml service holding the user name "
+                                              "(default owner)")
     parser.add_argument("--service", dest="services", action="append", metavar="NAME:NAMESPACE:LABEL",
                         help="a JupyterHub service to report as kind jupyter-NAME (repeatable)")
     parser.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig file (default $KUBECONFIG, else in-cluster)")
@@ -39,10 +41,10 @@ def add_arguments(parser):
 
 
 def services_of(opts):
-    """[(name, namespace, label)] from --service, or the default service with -n/-l applied."""
-    if not opts.services:
-        return [(DEFAULT_SERVICE[0], opts.namespace or DEFAULT_SERVICE[1], opts.label or DEFAULT_SERVICE[2])]
-    if opts.namespace or opts.label:
+    """[(name, namespace, label)] from the services setting; -n/-l change the default ml service only, as the
+    old tool's do (its coffea service stays coffea-casa, jhub_user)."""
+    default = opts.services == afmetrics_settings.DEFAULT_JUPYTER_SERVICES
+    if not default and (opts.namespace or opts.label):
         raise common.UsageError("-n/-l set the default service only; with --service give NAME:NAMESPACE:LABEL")
     services = []
     for spec in opts.services:
@@ -50,6 +52,9 @@ def services_of(opts):
         if len(parts) != 3 or not all(part.strip() for part in parts):
             raise common.UsageError("bad service %r: expected NAME:NAMESPACE:LABEL, e.g. ml:af-jupyter:owner" % spec)
         services.append(tuple(part.strip() for part in parts))
+    if default:
+        name, namespace, label = services[0]
+        services[0] = (name, opts.namespace or namespace, opts.label or label)
     return services
 
 

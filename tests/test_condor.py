@@ -4,6 +4,7 @@ The live pool tests (tests/test_condor_pool.py) check the same collector against
 """
 import json
 import logging
+import time
 
 import pytest
 
@@ -222,17 +223,50 @@ def test_unreachable_schedd_is_one_line_and_host_still_reported(version, scenari
     assert not (tmp_path / "state" / condor.WATERMARK_STATE).exists()  # nothing reported, nothing skipped
 
 
+def shell_tools(directory, **scripts):
+    """directory, made, holding an sh script per keyword (condor_q="echo ..."): stand-ins to put first on PATH."""
+    directory.mkdir()
+    for tool, body in scripts.items():
+        (directory / tool).write_text("#!/bin/sh\n" + body)
+        (directory / tool).chmod(0o755)
+    return directory
+
+
+# The old tool's condor.py (maniaclab/afmetrics_collector src/afmetrics_collector/condor.py) asks condor_q and
+# condor_history with the constraint Owner =!= "atlas-coffea" for its condorjob documents, and condor_q -totals
+# without it for its queue totals. Written out here, not imported.
+def old_tool_reports_job_of(owner):
+    return owner != "atlas-coffea"
+
+
+@pytest.mark.parametrize("options, excluded", [([], {"atlas-coffea"}), (["--exclude-owner", ""], set())])
+def test_jobs_of_atlas_coffea_are_left_out_by_default_and_counted_in_the_queue(options, excluded, run_collector,
+                                                                              tmp_path):
+    now = int(time.time())
+    owners = {"1.0": "alice", "2.0": "atlas-coffea", "3.0": "alice", "4.0": "atlas-coffea"}
+    # condor_q -af JOB_ATTRS: two running jobs; condor_history -af HISTORY_ATTRS: two finished a minute ago.
+    tools = shell_tools(tmp_path / "bin", condor_q="".join(
+        "echo '%s %s 0 0 %d %d 2 1 100'\n" % (owners[job], job[0], now - 30, now) for job in ("1.0", "2.0")),
+        condor_history="".join("echo '%s %s 0 4 60 %d %d'\n" % (owners[job], job[0], now - 60, now - 60)
+                               for job in ("3.0", "4.0")))
+    done = run_collector("condor.py", "-d", "-q", "all:", "--state-dir", tmp_path / "state", *options,
+                         cwd=tmp_path, env={"PATH": "%s:/usr/bin:/bin" % tools})
+    assert done.returncode == 0, done.stderr
+    documents = [json.loads(line) for line in (tmp_path / "condor.json").read_text().splitlines()]
+    [queue] = [d for d in documents if d["kind"] == "condorqueue"]
+    assert (queue["running"], queue["allocated_cores"]) == (2, 2)  # the old tool's -totals count every owner
+    reported = {d["Id"]: d["users"] for d in documents if d["kind"] == "condorjob"}
+    assert reported == {job: owner for job, owner in owners.items() if owner not in excluded}
+    if not options:
+        assert reported == {job: owner for job, owner in owners.items() if old_tool_reports_job_of(owner)}
+
+
 def test_a_scan_cut_short_by_the_limit_is_one_warning(run_collector, tmp_path):
     # condor_history here prints the two newest ads whatever it is asked, and records what it was asked.
-    tools, state = tmp_path / "bin", tmp_path / "state"
-    tools.mkdir()
+    tools, state = shell_tools(tmp_path / "bin", condor_q="", condor_history=(
+        "echo \"$@\" > '%s'\necho 'bob 9 0 4 2.0 %d %d'\necho 'bob 8 0 3 0.0 undefined %d'\n"
+        % (tmp_path / "asked", NOW, NOW, NOW))), tmp_path / "state"
     state.mkdir()
-    (tools / "condor_q").write_text("#!/bin/sh\n")
-    (tools / "condor_history").write_text("#!/bin/sh\necho \"$@\" > '%s'\necho 'bob 9 0 4 2.0 %d %d'\n"
-                                          "echo 'bob 8 0 3 0.0 undefined %d'\n"
-                                          % (tmp_path / "asked", NOW, NOW, NOW))
-    for tool in ("condor_q", "condor_history"):
-        (tools / tool).chmod(0o755)
     (state / condor.WATERMARK_STATE).write_text(json.dumps({"cursor": "5.0", "queued": {}}))
     env = {"PATH": "%s:/usr/bin:/bin" % tools}
     done = run_collector("condor.py", "-d", "--history-scan-limit", "2", "--state-dir", state, cwd=tmp_path, env=env)

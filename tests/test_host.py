@@ -377,6 +377,23 @@ def test_device_of_is_the_visible_mount_by_its_diskstats_name():
     assert host.device_of("/home", []) == ""
 
 
+# The old tool's DISK device (maniaclab/afmetrics_collector src/afmetrics_collector/host.py, Xdisk.set_device):
+# the mtab line's first field with /dev/ taken out, written out here, not imported.
+def old_tool_device(source):
+    return source.replace('/dev/', '')
+
+
+def test_reported_device_is_the_mount_source_as_the_old_tool_sends_it():
+    def reported(path):
+        return host.reported_device(host.mount_source(path, LOGIN_NODE_MOUNTS, realpath=lambda name: name))
+    assert reported("/scratch") == old_tool_device("/dev/mapper/rl-scratch") == "mapper/rl-scratch"
+    assert reported("/home") == old_tool_device("nfs.example.org:/export/home") == "nfs.example.org:/export/home"
+    assert reported("/data") == "sdc1"  # the mount on top, not the covered sdb1
+    assert reported("/") == "mapper/rl-root"
+    assert reported("/scratch/tmp") == "tmpfs"
+
+
+
 # Run in a private mount namespace: a 4 MiB tmpfs on $MOUNT and over it a 16 MiB ext2 image on a loop device,
 # mounted by a link's name as /dev/mapper/NAME -> ../dm-N is (a private tmpfs on /dev/shm holds the link),
 # then host.py twice with 2 MiB written between the runs.
@@ -390,6 +407,7 @@ ln -s "../../${device#/dev/}" /dev/shm/mapper/afmetrics-top
 mount --no-canonicalize /dev/shm/mapper/afmetrics-top "$MOUNT"
 umount "$STAGE"
 basename "$device" > "$DEVICE_FILE"
+awk -v mount="$MOUNT" '$2 == mount {source = $1} END {print source}' /proc/self/mounts > "$SOURCE_FILE"
 [ "$#" -eq 0 ] && exit 0
 "$PYTHON" "$HOST" "$@"
 dd if=/dev/zero of="$MOUNT/written" bs=1M count=2 conv=fsync status=none
@@ -409,6 +427,7 @@ def on_stacked_mounts(tmp_path, *host_args):
         subprocess.run(["mkfs.ext2", "-q", "-F", str(image)], check=True, capture_output=True)
     env = collector_environment({"AFMETRICS_TOKEN": TOKEN, "MOUNT": str(mount), "STAGE": str(stage),
                                  "IMAGE": str(image), "DEVICE_FILE": str(tmp_path / "device"),
+                                 "SOURCE_FILE": str(tmp_path / "source"),
                                  "PYTHON": sys.executable, "HOST": str(COLLECTORS / "host.py")})
     return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-euc", STACKED_MOUNTS, "sh"]
                           + [str(arg) for arg in host_args], capture_output=True, text=True, env=env,
@@ -432,10 +451,43 @@ def test_stacked_mounts_report_the_top_mount(receiver, tmp_path):
     assert device.startswith("loop")
     assert receiver.kinds() == ["CPU", "CPU", "DISK", "DISK", "MEM", "MEM", "NETWORK"]
     first, second = receiver.of_kind("DISK")
-    assert first["device"] == second["device"] == device  # not afmetrics-covered, the tmpfs under it
+    # The mount's source as the old tool sends it, of the top mount (not afmetrics-covered, the tmpfs under it);
+    # its I/O is counted under the kernel's name for it.
+    source = (tmp_path / "source").read_text().strip()
+    assert source == "/dev/shm/mapper/afmetrics-top"
+    assert first["device"] == second["device"] == old_tool_device(source) == "shm/mapper/afmetrics-top"
     assert 12 * MIB < first["total"] <= 16 * MIB  # the ext2 image's size, not the tmpfs's 4 MiB
     assert "io" not in first  # the first run's baseline
     assert second["io"]["write_bytes"] >= 2 * MIB and second["io"]["writes"] > 0
+
+
+# tmpfs mounts named as an EL9 installer's LVM home and an NFS export are listed in /proc/self/mounts under
+# those sources, as the real ones are; host.py then reports both in a debug run.
+NAMED_MOUNTS = r"""
+mount --no-canonicalize -t tmpfs -o size=1m /dev/mapper/rl-home "$1"
+mount --no-canonicalize -t tmpfs -o size=1m server:/export "$2"
+awk -v a="$1" -v b="$2" '$2 == a || $2 == b {print $1}' /proc/self/mounts > sources
+"$PYTHON" "$HOST" -d --disk "$1" --disk "$2" --state-dir state
+"""
+
+
+def test_device_of_real_mounts_is_their_source_as_the_old_tool_sends_it(tmp_path):
+    if os.geteuid() != 0:
+        skip_or_fail("a private mount namespace needs root")
+    mounts = [tmp_path / "home", tmp_path / "export"]
+    for mount in mounts:
+        mount.mkdir()
+    env = collector_environment({"PYTHON": sys.executable, "HOST": str(COLLECTORS / "host.py")})
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-euc", NAMED_MOUNTS, "sh"]
+                          + [str(mount) for mount in mounts], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    sources = (tmp_path / "sources").read_text().split()
+    assert sources == ["/dev/mapper/rl-home", "server:/export"]
+    disks = [d for d in json_lines(tmp_path / "host.json") if d["kind"] == "DISK"]
+    assert [(d["mount"], d["device"]) for d in disks] == [
+        (str(mount), old_tool_device(source)) for mount, source in zip(mounts, sources)]
+    assert [d["device"] for d in disks] == ["mapper/rl-home", "server:/export"]
 
 
 def age_baselines(state, seconds):

@@ -19,7 +19,7 @@ from k8s_standin import parse_label_selector, SelectorError
 READER = "reader-token-7f3a"  # may list pods in both namespaces
 NO_RIGHTS = "nobody-token-19c2"  # authenticated, but bound to no role
 ML_NAMESPACE, COFFEA_NAMESPACE = "af-jupyter", "coffea-casa"
-COFFEA_LABEL = "hub.jupyter.org/username"  # what KubeSpawner puts on coffea-casa's pods
+COFFEA_LABEL = "jhub_user"  # the label the old tool reads on coffea-casa's pods
 # (namespace, pod, labels, phase): pod names sort in another order than their owners, owners repeat,
 # and some pods have finished or carry no owner label.
 PODS = [
@@ -67,6 +67,19 @@ Z2JH_PODS = [
 Z2JH_USERS = ["Erin@cern.ch", "alice", "dave_x", "test_user"]
 BOTH_SERVICES = ["--service", "ml:%s:owner" % ML_NAMESPACE, "--service", "coffea:%s:%s" % (COFFEA_NAMESPACE,
                                                                                            COFFEA_LABEL)]
+# One service: the tests of how a failure reads want one error line.
+ML_ONLY = ["--service", "ml:%s:owner" % ML_NAMESPACE]
+# What the old tool's -j sends (maniaclab/afmetrics_collector src/afmetrics_collector/skeleton.py): jupyter-ml,
+# the af-jupyter pods' owner label, then jupyter-coffea, the coffea-casa pods' jhub_user label; each users list as
+# its get_jupyter_users() makes it, the label's distinct values (written out here, not imported).
+OLD_TOOL_JUPYTER = [("jupyter-ml", ML_NAMESPACE, "owner"), ("jupyter-coffea", COFFEA_NAMESPACE, "jhub_user")]
+
+
+def old_tool_users(namespace, label):
+    """The old tool's users of a namespace: the label's distinct values on its pods (it listed finished ones too;
+    ours leave them out, one of the differences README "Coming from afmetrics_collector" lists)."""
+    return sorted({labels[label] for space, _, labels, phase in PODS
+                   if space == namespace and label in labels and phase not in ("Succeeded", "Failed")})
 
 
 @pytest.fixture
@@ -91,15 +104,18 @@ def the_error(done):
 
 
 # --- configuration: kubeconfig, $KUBECONFIG, in-cluster ---------------------------------------------------------
-def test_kubeconfig_with_a_token_reports_the_default_ml_service(api, run_jupyter, tmp_path):
+def test_kubeconfig_with_a_token_reports_both_services_of_the_old_tools_j(api, run_jupyter, tmp_path):
     done = run_jupyter("--kubeconfig", api.write_kubeconfig(tmp_path / "kubeconfig", READER))
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
-    assert debug_documents(tmp_path) == [{"kind": "jupyter-ml", "cluster": "UC-AF", "token": "",
-                                          "jupyter_user_count": 3, "users": ML_USERS}]
-    # One call: the label selector leaves the hub and other pods to the API.
+    assert debug_documents(tmp_path) == [
+        {"kind": kind, "cluster": "UC-AF", "token": "", "jupyter_user_count": len(old_tool_users(namespace, label)),
+         "users": old_tool_users(namespace, label)} for kind, namespace, label in OLD_TOOL_JUPYTER]
+    assert [d["users"] for d in debug_documents(tmp_path)] == [ML_USERS, COFFEA_USERS]
+    # One call a service: the label selector leaves the hub and other pods to the API.
     assert [(r["path"], r["query"], r["authorization"]) for r in api.requests] == [
-        ("/api/v1/namespaces/af-jupyter/pods", {"labelSelector": ["owner"]}, "Bearer " + READER)]
+        ("/api/v1/namespaces/%s/pods" % namespace, {"labelSelector": [label]}, "Bearer " + READER)
+        for _, namespace, label in OLD_TOOL_JUPYTER]
 
 
 def test_kubeconfig_from_the_environment(api, run_jupyter, tmp_path):
@@ -207,14 +223,14 @@ def test_exec_plugin_that_never_answers_is_stopped_at_the_timeout(api, run_colle
 
 # --- the API refuses, is gone, or is slow ----------------------------------------------------------------------
 def test_token_without_rights_is_a_one_line_403(api, run_jupyter, tmp_path):
-    done = run_jupyter("--kubeconfig", api.write_kubeconfig(tmp_path / "kubeconfig", NO_RIGHTS))
+    done = run_jupyter("--kubeconfig", api.write_kubeconfig(tmp_path / "kubeconfig", NO_RIGHTS), *ML_ONLY)
     assert the_error(done) == ("ERROR:jupyter:Kubernetes API %s refused to list pods in af-jupyter: HTTP 403 "
                                "Forbidden" % api.url)
     assert not (tmp_path / "jupyter.json").exists()
 
 
 def test_unknown_token_is_a_one_line_401(api, run_jupyter, tmp_path):
-    done = run_jupyter("--kubeconfig", api.write_kubeconfig(tmp_path / "kubeconfig", "revoked-token"))
+    done = run_jupyter("--kubeconfig", api.write_kubeconfig(tmp_path / "kubeconfig", "revoked-token"), *ML_ONLY)
     assert the_error(done) == ("ERROR:jupyter:Kubernetes API %s refused to list pods in af-jupyter: HTTP 401 "
                                "Unauthorized" % api.url)
 
@@ -228,14 +244,14 @@ def test_service_account_without_rights_in_its_namespace(api, run_jupyter, tmp_p
 
 def test_unreachable_server_is_a_one_line_error(api, run_jupyter, tmp_path, unreachable_kubernetes_url):
     kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", READER, server=unreachable_kubernetes_url)
-    error = the_error(run_jupyter("--kubeconfig", kubeconfig))
+    error = the_error(run_jupyter("--kubeconfig", kubeconfig, *ML_ONLY))
     assert error.startswith("ERROR:jupyter:cannot reach Kubernetes API %s: " % unreachable_kubernetes_url)
     assert "refused" in error.lower()  # the operator learns why: nothing listens there
 
 
 def test_slow_server_ends_at_the_timeout_with_a_one_line_error(api, run_jupyter, tmp_path):
     api.delay = 60  # far beyond --timeout and the run_collector limit alike
-    done = run_jupyter("--timeout", "1", "--kubeconfig", api.write_kubeconfig(tmp_path / "kubeconfig", READER))
+    done = run_jupyter("--timeout", "1", "--kubeconfig", api.write_kubeconfig(tmp_path / "kubeconfig", READER), *ML_ONLY)
     error = the_error(done)
     assert error.startswith("ERROR:jupyter:cannot reach Kubernetes API %s: " % api.url)
     assert "timeout" in error.lower() or "timed out" in error.lower()
@@ -248,7 +264,7 @@ def test_server_that_never_answers_the_tls_handshake_ends_at_the_timeout(api, ru
         silent.listen()  # the kernel completes the TCP handshake; nobody ever accepts
         url = "https://127.0.0.1:%d" % silent.getsockname()[1]
         done = run_jupyter("--timeout", "1", "--kubeconfig",
-                           api.write_kubeconfig(tmp_path / "kubeconfig", READER, server=url))
+                           api.write_kubeconfig(tmp_path / "kubeconfig", READER, server=url), *ML_ONLY)
     error = the_error(done)
     assert error.startswith("ERROR:jupyter:cannot reach Kubernetes API %s: " % url)
     assert "timeout" in error.lower() or "timed out" in error.lower()
@@ -303,16 +319,24 @@ def test_pod_user_from_annotation_or_unescaped_label(labels, annotations, user):
     assert jupyter.pod_user({"labels": labels, "annotations": annotations}, key) == user
 
 
-def test_namespace_and_label_options_move_the_default_service(api, run_jupyter, tmp_path):
+def test_namespace_and_label_options_move_the_ml_service_only(api, run_jupyter, tmp_path):
+    """As the old tool's -n and -l: its coffea service stays coffea-casa, jhub_user."""
     done = run_jupyter("--kubeconfig", api.write_kubeconfig(tmp_path / "kubeconfig", READER),
                        "-n", COFFEA_NAMESPACE, "-l", COFFEA_LABEL)
     assert done.returncode == 0, done.stderr
-    [document] = debug_documents(tmp_path)
-    assert document["kind"] == "jupyter-ml" and document["users"] == COFFEA_USERS
+    assert [(d["kind"], d["users"]) for d in debug_documents(tmp_path)] == [("jupyter-ml", COFFEA_USERS),
+                                                                           ("jupyter-coffea", COFFEA_USERS)]
+
+
+def test_namespace_option_with_services_given_is_a_usage_error(run_jupyter, tmp_path):
+    done = run_jupyter("--service", "ml:af-jupyter:owner", "-n", COFFEA_NAMESPACE)
+    assert done.returncode == 2
+    assert log_lines(done.stderr) == ["ERROR:afmetrics:-n/-l set the default service only; with --service give "
+                                      "NAME:NAMESPACE:LABEL"]
 
 
 def test_namespace_without_pods_reports_no_users(api, run_jupyter, tmp_path):
-    api.allow("empty-reader", "empty-reader", ["empty"])
+    api.allow("empty-reader", "empty-reader", ["empty", COFFEA_NAMESPACE])
     done = run_jupyter("--kubeconfig", api.write_kubeconfig(tmp_path / "kubeconfig", "empty-reader"), "-n", "empty")
     assert done.returncode == 0, done.stderr
     assert debug_documents(tmp_path)[0]["users"] == [] and debug_documents(tmp_path)[0]["jupyter_user_count"] == 0
@@ -324,17 +348,18 @@ def test_one_refused_service_fails_the_run(api, run_jupyter, tmp_path):
     assert "refused to list pods in kube-system: HTTP 403 Forbidden" in the_error(done)
 
 
-def test_obfuscated_users_are_md5_of_salt_and_name_sorted(api, run_jupyter, tmp_path):
+def test_obfuscated_users_are_the_old_tools_sha256_of_salt_and_name_sorted(api, run_jupyter, tmp_path):
     done = run_jupyter("--kubeconfig", api.write_kubeconfig(tmp_path / "kubeconfig", READER), "-o", "-z", "pepper")
     assert done.returncode == 0, done.stderr
-    expected = sorted(hashlib.md5(("pepper" + user).encode()).hexdigest()[-8:] for user in ML_USERS)
+    # The old tool's skeleton.py: sha256((args.salt + x).encode('utf-8')).hexdigest()[:8].
+    expected = sorted(hashlib.sha256(("pepper" + user).encode("utf-8")).hexdigest()[:8] for user in ML_USERS)
     assert debug_documents(tmp_path)[0]["users"] == expected
     assert debug_documents(tmp_path)[0]["jupyter_user_count"] == 3
     assert "pepper" not in done.stderr
 
 
 def test_group_filter_keeps_members_only(kubernetes_api, run_jupyter, tmp_path):
-    kubernetes_api.allow(READER, "reader", [ML_NAMESPACE])
+    kubernetes_api.allow(READER, "reader", [ML_NAMESPACE, COFFEA_NAMESPACE])
     kubernetes_api.add_pod(ML_NAMESPACE, "jupyter-root", {"owner": "root"}, "Running")
     kubernetes_api.add_pod(ML_NAMESPACE, "jupyter-daemon", {"owner": "daemon"}, "Running")
     kubeconfig = kubernetes_api.write_kubeconfig(tmp_path / "kubeconfig", READER)

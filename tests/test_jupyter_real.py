@@ -18,7 +18,7 @@ import requests
 
 from conftest import REPO
 from k8s_standin import write_kubeconfig, write_serviceaccount
-from test_jupyter import (BOTH_SERVICES, COFFEA_LABEL, COFFEA_NAMESPACE, COFFEA_USERS, ML_NAMESPACE, ML_USERS,
+from test_jupyter import (BOTH_SERVICES, COFFEA_LABEL, COFFEA_NAMESPACE, COFFEA_USERS, ML_NAMESPACE, ML_ONLY, ML_USERS,
                           PODS, Z2JH_NAMESPACE, Z2JH_PODS, Z2JH_SERVICE, Z2JH_USERS, debug_documents,
                           exec_credential, the_error, with_exec_plugin)
 
@@ -118,8 +118,9 @@ def real_kubernetes(tmp_path_factory):
 def test_kubeconfig_with_a_token(real_kubernetes, run_jupyter, tmp_path):
     done = run_jupyter("--kubeconfig", real_kubernetes.kubeconfig(tmp_path / "kubeconfig"))
     assert done.returncode == 0, done.stderr
-    assert debug_documents(tmp_path) == [{"kind": "jupyter-ml", "cluster": "UC-AF", "token": "",
-                                          "jupyter_user_count": 3, "users": ML_USERS}]
+    assert debug_documents(tmp_path) == [
+        {"kind": "jupyter-ml", "cluster": "UC-AF", "token": "", "jupyter_user_count": 3, "users": ML_USERS},
+        {"kind": "jupyter-coffea", "cluster": "UC-AF", "token": "", "jupyter_user_count": 2, "users": COFFEA_USERS}]
 
 
 def test_credential_from_an_exec_plugin(real_kubernetes, run_jupyter, tmp_path):
@@ -142,20 +143,20 @@ def test_in_cluster_service_account(real_kubernetes, run_jupyter, tmp_path):
 
 def test_token_without_rights_is_a_one_line_403(real_kubernetes, run_jupyter, tmp_path):
     kubeconfig = real_kubernetes.kubeconfig(tmp_path / "kubeconfig", real_kubernetes.tokens["nobody"])
-    done = run_jupyter("--kubeconfig", kubeconfig)
+    done = run_jupyter("--kubeconfig", kubeconfig, *ML_ONLY)
     assert the_error(done) == ("ERROR:jupyter:Kubernetes API %s refused to list pods in af-jupyter: HTTP 403 "
                                "Forbidden" % real_kubernetes.url)
 
 
 def test_unknown_token_is_a_one_line_401(real_kubernetes, run_jupyter, tmp_path):
-    done = run_jupyter("--kubeconfig", real_kubernetes.kubeconfig(tmp_path / "kubeconfig", "revoked-token"))
+    done = run_jupyter("--kubeconfig", real_kubernetes.kubeconfig(tmp_path / "kubeconfig", "revoked-token"), *ML_ONLY)
     assert the_error(done) == ("ERROR:jupyter:Kubernetes API %s refused to list pods in af-jupyter: HTTP 401 "
                                "Unauthorized" % real_kubernetes.url)
 
 
 def test_unreachable_server_is_a_one_line_error(real_kubernetes, run_jupyter, tmp_path, unreachable_kubernetes_url):
     kubeconfig = real_kubernetes.kubeconfig(tmp_path / "kubeconfig", server=unreachable_kubernetes_url)
-    error = the_error(run_jupyter("--kubeconfig", kubeconfig))
+    error = the_error(run_jupyter("--kubeconfig", kubeconfig, *ML_ONLY))
     assert error.startswith("ERROR:jupyter:cannot reach Kubernetes API %s: " % unreachable_kubernetes_url)
     assert "refused" in error.lower()
 
@@ -164,7 +165,7 @@ def test_stalled_server_ends_at_the_timeout(real_kubernetes, run_jupyter, tmp_pa
     # A stopped apiserver still completes TCP handshakes (the kernel does), then never answers: an overloaded one.
     os.kill(real_kubernetes.pid(), signal.SIGSTOP)
     try:
-        done = run_jupyter("--timeout", "1", "--kubeconfig", real_kubernetes.kubeconfig(tmp_path / "kubeconfig"))
+        done = run_jupyter("--timeout", "1", "--kubeconfig", real_kubernetes.kubeconfig(tmp_path / "kubeconfig"), *ML_ONLY)
     finally:
         os.kill(real_kubernetes.pid(), signal.SIGCONT)
     error = the_error(done)
@@ -193,9 +194,9 @@ def test_obfuscation_and_debug_file(real_kubernetes, run_jupyter, tmp_path):
     done = run_jupyter("--kubeconfig", real_kubernetes.kubeconfig(tmp_path / "kubeconfig"),
                        "-o", "-z", "pepper", env={"AFMETRICS_TOKEN": "endpoint-secret"})
     assert done.returncode == 0, done.stderr
-    [document] = debug_documents(tmp_path)
+    document = debug_documents(tmp_path)[0]
     assert document["token"] == "***"
-    assert document["users"] == sorted(hashlib.md5(("pepper" + user).encode()).hexdigest()[-8:] for user in ML_USERS)
+    assert document["users"] == sorted(hashlib.sha256(("pepper" + user).encode()).hexdigest()[:8] for user in ML_USERS)
 
 
 # --- the stand-in answers as the real server does --------------------------------------------------------------

@@ -198,15 +198,16 @@ def test_afmetrics_condor_runs_condor_q(venv, tmp_path):
 
 
 def test_afmetrics_jupyter_with_the_jupyter_extra(venv, kubernetes_api, tmp_path):
-    kubernetes_api.allow("reader-token", "reader", ["af-jupyter"])
+    kubernetes_api.allow("reader-token", "reader", ["af-jupyter", "coffea-casa"])
     kubernetes_api.add_pod("af-jupyter", "jupyter-1", {"owner": "zoe"}, "Running")
     kubernetes_api.add_pod("af-jupyter", "jupyter-2", {"owner": "alice"}, "Pending")
     kubeconfig = kubernetes_api.write_kubeconfig(tmp_path / "kubeconfig", "reader-token")
     done = command(venv, "afmetrics_jupyter", "-d", "-c", "UC-AF", "--kubeconfig", kubeconfig,
                    "--state-dir", tmp_path / "state", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert json_lines(tmp_path / "jupyter.json") == [{"token": "", "kind": "jupyter-ml", "cluster": "UC-AF",
-                                                      "jupyter_user_count": 2, "users": ["alice", "zoe"]}]
+    assert json_lines(tmp_path / "jupyter.json") == [
+        {"token": "", "kind": "jupyter-ml", "cluster": "UC-AF", "jupyter_user_count": 2, "users": ["alice", "zoe"]},
+        {"token": "", "kind": "jupyter-coffea", "cluster": "UC-AF", "jupyter_user_count": 0, "users": []}]
 
 
 @pytest.mark.parametrize("name", ["afmetrics_collector", "afmetrics_ssh", "afmetrics_condor", "afmetrics_slurm",
@@ -269,7 +270,7 @@ def test_make_run_collects_slurm_where_squeue_is_on_path(slurm_cluster, tmp_path
 
 @pytest.mark.parametrize("access", ["KUBECONFIG", "~/.kube/config", "in-cluster"])
 def test_make_run_collects_jupyter_where_kubernetes_is_reachable(access, kubernetes_api, tmp_path):
-    kubernetes_api.allow("reader-token", "reader", ["af-jupyter"])
+    kubernetes_api.allow("reader-token", "reader", ["af-jupyter", "coffea-casa"])
     kubernetes_api.add_pod("af-jupyter", "jupyter-1", {"owner": "zoe"}, "Running")
     env = {}
     if access == "KUBECONFIG":
@@ -283,5 +284,5 @@ def test_make_run_collects_jupyter_where_kubernetes_is_reachable(access, kuberne
     done = make_run(tmp_path, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines()[0] == SKIPPED_BATCH and SKIPPED_JUPYTER not in done.stdout
-    assert [document["users"] for document in json_lines(tmp_path / "run" / "jupyter.json")] == [["zoe"]]
+    assert [document["users"] for document in json_lines(tmp_path / "run" / "jupyter.json")] == [["zoe"], []]
     assert kinds(tmp_path / "run" / "ssh.json") == ["ssh"]

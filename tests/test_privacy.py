@@ -97,14 +97,14 @@ def test_user_table_holds_the_old_formulas_values():
 def test_user_hash_md5_is_the_old_readme_and_sha256_the_old_tool(name, salt, md5, sha256):
     assert user_filter("md5", salt).report_name(name) == md5
     assert user_filter("sha256", salt).report_name(name) == sha256
-    assert afmetrics_privacy.obfuscate_user(name, salt) == md5  # md5 unless told otherwise
+    assert afmetrics_privacy.obfuscate_user(name, salt) == sha256  # the old tool's code unless told otherwise
     assert afmetrics_privacy.obfuscate_user(name, salt, "sha256") == sha256
 
 
-def test_user_hash_defaults_to_md5_as_the_old_readme_says():
+def test_user_hash_defaults_to_sha256_as_the_old_tools_code_sends():
     [setting] = [s for s in afmetrics_settings.COMMON_SETTINGS if s.name == "user_hash"]
-    assert setting.default == "md5"
-    assert user_filter(setting.default).report_name("alice") == "a7a6563c"
+    assert setting.default == "sha256"
+    assert user_filter(setting.default).report_name("alice") == "2bd806c9"
 
 
 def test_without_obfuscation_names_stay_whatever_the_hash():
@@ -203,9 +203,17 @@ def test_ssh_with_sha256_sends_exactly_the_old_tools_hashes(how, run_collector, 
     assert document["ssh_user_count"] == 3
 
 
-def test_ssh_hashes_md5_by_default_as_the_old_readme_says(run_collector, logged_in, tmp_path):
+def test_ssh_hashes_as_the_old_tools_code_by_default(run_collector, logged_in, tmp_path):
+    """No user_hash anywhere: the old tool's -o -z SALT, the user ids the dashboards hold (issue 19)."""
     done = run_collector("ssh.py", "-d", "-o", "--utmp", logged_in, "--state-dir", tmp_path / "state",
                          env={"AFMETRICS_SALT": README_SALT}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json_lines(tmp_path / "ssh.json")[0]["users"] == sorted(old_tool_user(n, README_SALT) for n in SSH_USERS)
+
+
+def test_ssh_with_md5_hashes_as_the_old_readme_says(run_collector, logged_in, tmp_path):
+    done = run_collector("ssh.py", "-d", "-o", "--user-hash", "md5", "--utmp", logged_in, "--state-dir",
+                         tmp_path / "state", env={"AFMETRICS_SALT": README_SALT}, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert json_lines(tmp_path / "ssh.json")[0]["users"] == sorted(old_readme_user(n, README_SALT) for n in SSH_USERS)
 

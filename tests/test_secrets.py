@@ -95,9 +95,10 @@ def test_secrets_not_in_any_process_command_line_or_environment(receiver, sessio
 
 def test_obfuscation_leaves_no_raw_user_or_host_name_in_any_document(run_collector, kubernetes_api, sessions,
                                                                      tmp_path):
-    kubernetes_api.allow("reader-token", "reader", ["af-jupyter"])
+    kubernetes_api.allow("reader-token", "reader", ["af-jupyter", "coffea-casa"])
     for n, user in enumerate(JUPYTER_USERS):
         kubernetes_api.add_pod("af-jupyter", "jupyter-%d" % n, {"owner": user}, "Running")
+        kubernetes_api.add_pod("coffea-casa", "jupyter-%d" % n, {"jhub_user": user}, "Running")
     done = run_collector("afmetrics_collector", "-d", "-s", "-j", "--host", "--disk", "/", "-o", "-O", "bnl.gov",
                          "--utmp", sessions, "--state-dir", tmp_path / "state",
                          "--kubeconfig", kubernetes_api.write_kubeconfig(tmp_path / "kubeconfig", "reader-token"),
@@ -105,7 +106,7 @@ def test_obfuscation_leaves_no_raw_user_or_host_name_in_any_document(run_collect
     assert done.returncode == 0, done.stderr
     documents = [json.loads(line) for name in ("ssh", "jupyter", "host")
                  for line in (tmp_path / (name + ".json")).read_text().splitlines()]
-    assert {d["kind"] for d in documents} == {"ssh", "jupyter-ml", "CPU", "MEM", "DISK"}
+    assert {d["kind"] for d in documents} == {"ssh", "jupyter-ml", "jupyter-coffea", "CPU", "MEM", "DISK"}
     assert_anonymous(documents, SSH_USERS + JUPYTER_USERS)
     [ssh] = [d for d in documents if d["kind"] == "ssh"]
     assert ssh["users"] == sorted(afmetrics_privacy.obfuscate_user(user, SALT) for user in SSH_USERS)

@@ -61,7 +61,7 @@ def test_every_collector_runs_as_nobody(nobody_home, receiver, kubernetes_api):
         os.chown(directory, 65534, 65534)
     sessions = str(utmp.write(pathlib.Path(nobody_home, "utmp"), utmp.login("alice", "pts/0", 60, 11)))
     ca_file = shutil.copy(receiver.ca_file, nobody_home)
-    kubernetes_api.allow("reader-token", "reader", ["af-jupyter"])
+    kubernetes_api.allow("reader-token", "reader", ["af-jupyter", "coffea-casa"])
     kubeconfig = str(kubernetes_api.write_kubeconfig(pathlib.Path(nobody_home, "kubeconfig"),
                                                      "reader-token"))
     os.chmod(nobody_home, 0o755)
@@ -83,7 +83,7 @@ def test_every_collector_runs_as_nobody(nobody_home, receiver, kubernetes_api):
     assert sorted(os.listdir(work)) == ["host.json", "jupyter.json", "ssh.json"]
     # The spooling run stored the NETWORK baseline (a debug run stores nothing); its documents arrive on the
     # replaying run.
-    spooled_kinds = ["CPU", "DISK", "MEM", "jupyter-ml", "ssh"]
+    spooled_kinds = ["CPU", "DISK", "MEM", "jupyter-coffea", "jupyter-ml", "ssh"]
     assert sorted(d["kind"] for d in receiver.documents if "timestamp" in d) == spooled_kinds
     assert "ERROR" not in debug.stderr + replaying.stderr
     assert "delivered" in pathlib.Path(logs, "afmetrics.log").read_text()
