@@ -353,6 +353,8 @@ def check_ca_bundle(path):
         raise UsageError("ca_bundle %s: no PEM certificate in it" % path)
     except OSError as error:
         raise UsageError("ca_bundle %s: %s" % (path, error.strerror))
+    except ValueError:  # a NUL byte: no file can have such a name
+        raise UsageError("ca_bundle %r: not a file name" % path)
 
 
 def resolve_settings(parser, settings, argv=None):
