@@ -41,25 +41,26 @@ COFFEA_USERS = ["alice", "frank"]
 # _build_pod_labels, _build_common_annotations): the user name escaped in the label, as it is in the annotation of
 # the same key. (namespace, pod, labels, phase, annotations).
 Z2JH_NAMESPACE = "jhub"
-Z2JH_SERVICE = "z2jh:%s:%s" % (Z2JH_NAMESPACE, COFFEA_LABEL)
+KUBESPAWNER_LABEL = "hub.jupyter.org/username"
+Z2JH_SERVICE = "z2jh:%s:%s" % (Z2JH_NAMESPACE, KUBESPAWNER_LABEL)
 
 
 def kubespawner_labels(label, server=""):
-    return {COFFEA_LABEL: label, "component": "singleuser-server", "app": "jupyterhub",
+    return {KUBESPAWNER_LABEL: label, "component": "singleuser-server", "app": "jupyterhub",
             "hub.jupyter.org/servername": server}
 
 
 Z2JH_PODS = [
     # Before KubeSpawner 7.0 the label escapes "_" as -5f; a second, named server of the same user.
     (Z2JH_NAMESPACE, "jupyter-test-5fuser", kubespawner_labels("test-5fuser"), "Running",
-     {COFFEA_LABEL: "test_user"}),
+     {KUBESPAWNER_LABEL: "test_user"}),
     (Z2JH_NAMESPACE, "jupyter-test-5fuser--gpu", kubespawner_labels("test-5fuser", "gpu"), "Pending",
-     {COFFEA_LABEL: "test_user", "hub.jupyter.org/servername": "gpu"}),
+     {KUBESPAWNER_LABEL: "test_user", "hub.jupyter.org/servername": "gpu"}),
     # 7.0's label of a name that does not fit one: cut and hashed, which no one can undo.
     (Z2JH_NAMESPACE, "jupyter-erin-cern-ch---5c2a1f0e", kubespawner_labels("erin-cern-ch---5c2a1f0e"), "Running",
-     {COFFEA_LABEL: "Erin@cern.ch"}),
-    (Z2JH_NAMESPACE, "jupyter-alice", kubespawner_labels("alice"), "Running", {COFFEA_LABEL: "alice"}),
-    (Z2JH_NAMESPACE, "jupyter-bob", kubespawner_labels("bob"), "Succeeded", {COFFEA_LABEL: "bob"}),
+     {KUBESPAWNER_LABEL: "Erin@cern.ch"}),
+    (Z2JH_NAMESPACE, "jupyter-alice", kubespawner_labels("alice"), "Running", {KUBESPAWNER_LABEL: "alice"}),
+    (Z2JH_NAMESPACE, "jupyter-bob", kubespawner_labels("bob"), "Succeeded", {KUBESPAWNER_LABEL: "bob"}),
     # Only the label (a spawner older than the annotation, 0.9): escapism's escape undone.
     (Z2JH_NAMESPACE, "jupyter-dave-5fx", kubespawner_labels("dave-5fx"), "Running", None),
     (Z2JH_NAMESPACE, "hub-7b9f", {"component": "hub", "app": "jupyterhub"}, "Running", None),
@@ -300,17 +301,17 @@ def test_zero_to_jupyterhub_users_are_the_names_kubespawner_escaped(api, run_jup
     assert done.returncode == 0, done.stderr
     assert debug_documents(tmp_path) == [{
         "kind": "jupyter-z2jh", "cluster": "UC-AF", "token": "", "jupyter_user_count": len(Z2JH_USERS),
-        "users": sorted(hashlib.md5(("pepper" + user).encode()).hexdigest()[-8:] for user in Z2JH_USERS)}]
+        "users": sorted(hashlib.sha256(("pepper" + user).encode()).hexdigest()[:8] for user in Z2JH_USERS)}]
 
 
 @pytest.mark.parametrize("labels, annotations, user", [
-    ({COFFEA_LABEL: "test-5fuser"}, {COFFEA_LABEL: "test_user"}, "test_user"),
-    ({COFFEA_LABEL: "test-5fuser"}, None, "test_user"),
-    ({COFFEA_LABEL: "-41lice-2ejones"}, {}, "Alice.jones"),  # upper case letters are escaped too
-    ({COFFEA_LABEL: "test-user"}, None, "test-user"),  # 7.0 keeps a name that fits: "-us" is no escape
+    ({KUBESPAWNER_LABEL: "test-5fuser"}, {KUBESPAWNER_LABEL: "test_user"}, "test_user"),
+    ({KUBESPAWNER_LABEL: "test-5fuser"}, None, "test_user"),
+    ({KUBESPAWNER_LABEL: "-41lice-2ejones"}, {}, "Alice.jones"),  # upper case letters are escaped too
+    ({KUBESPAWNER_LABEL: "test-user"}, None, "test-user"),  # 7.0 keeps a name that fits: "-us" is no escape
     ({"owner": "test-5fuser"}, None, "test-5fuser"),  # af-portal's label is the name as it is
     ({"owner": "alice"}, {"owner": "alice2"}, "alice2"),
-    ({}, {COFFEA_LABEL: "test_user"}, "test_user"),
+    ({}, {KUBESPAWNER_LABEL: "test_user"}, "test_user"),
 ])
 def test_pod_user_from_annotation_or_unescaped_label(labels, annotations, user):
     import jupyter
