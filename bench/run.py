@@ -256,8 +256,8 @@ def bench_delivery(table, runs, workdir, count=10000):
             # The tool sites run today opens a connection per document: 10,000 of them at 20 ms would take
             # ten minutes, so that row sends a tenth as many once and its figures are scaled up (marked).
             cases = [("bare http.client, 10 connections (receiver ceiling)", ["bare", "--connections", "10"], runs, 1),
-                     ("afmetrics default (arrays of 100, 10 connections)", ["afmetrics"], runs, 1),
-                     ("afmetrics, arrays of 100, 1 connection", ["afmetrics", "--connections", "1"], 1, 1),
+                     ("afmetrics default (arrays of 300, 10 connections)", ["afmetrics"], runs, 1),
+                     ("afmetrics, arrays of 300, 1 connection", ["afmetrics", "--connections", "1"], 1, 1),
                      ("afmetrics, one document per POST (batch_size 1)", ["afmetrics", "--batch-size", "1"], runs,
                       1),
                      ("new connection per document (today's tool), x10 from %d" % (count // 10),

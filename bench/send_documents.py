@@ -73,7 +73,7 @@ def main():
     parser.add_argument("--ca", required=True)
     parser.add_argument("--count", type=int, default=10000)
     parser.add_argument("--connections", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=300)
     args = parser.parse_args()
     sender = {"afmetrics": send_afmetrics, "new-connection": send_new_connection, "bare": send_bare}[args.mode]
     failed = sender(args, documents(args.count))

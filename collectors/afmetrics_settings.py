@@ -86,7 +86,7 @@ COMMON_SETTINGS = [
     Setting("textfile_dir", "str", ""),
     Setting("spool_max_documents", "int", 100000),
     Setting("spool_max_age_hours", "number", 168.0),
-    Setting("batch_size", "int", 100),
+    Setting("batch_size", "int", 300),
     Setting("batch_bytes", "int", 1000000),
     Setting("gzip", "bool", False),
     Setting("connections", "int", 10),
