@@ -316,15 +316,15 @@ def deliver_with_spool(run, collection, delivery, is_snapshot):
     if kept_refused:
         delivery.endpoint_down = delivery.endpoint_down or "%s refused every document (HTTP %s)" % (
             run.opts.url, "/".join(sorted({str(status) for _, status in refused})))
-    dropped_by_endpoint = [(document, status) for document, status in refused
-                           if not any(document is kept for kept in kept_refused)]
+    kept_ids = {id(document) for document in kept_refused}
+    dropped_by_endpoint = [(document, status) for document, status in refused if id(document) not in kept_ids]
     for document, status in dropped_by_endpoint:
         run.log.error("%s refused a %s document with HTTP %d: dropped", run.opts.url, document["kind"], status)
     fresh_refused = {id(document) for document, _ in fresh.refused}
     new_in_spool = [dict(document, timestamp=collected_at) for document in fresh.undelivered
                     + [document for document in kept_refused if id(document) in fresh_refused]]
     kept_all = True
-    if new_in_spool or keyed or kept_refused:  # what the spool must hold changed since it was rewritten
+    if new_in_spool or keyed or spooled.refused:  # what the spool must hold changed since it was rewritten
         undelivered = spooled.undelivered + older.undelivered + [
             document for document in kept_refused if id(document) not in fresh_refused] + new_in_spool
         try:

@@ -22,7 +22,7 @@ import urllib3
 import afmetrics_delivery
 import afmetrics_privacy
 from afmetrics_state import ISO_TIMESTAMP
-from conftest import COLLECTORS, collector_environment, log_lines, spool_documents
+from conftest import COLLECTORS, collector_environment, log_lines, spool_documents, write_spool
 from receiver import Receiver
 
 TOKEN = "tok-5e1d2a9c40"
@@ -339,6 +339,22 @@ def test_only_the_document_the_endpoint_refuses_is_dropped(status, batch_size, r
     assert [line for line in problems(done) if line.startswith("ERROR")] == [
         "ERROR:host:%s refused a MEM document with HTTP %d: dropped" % (receiver.url, status)]
     assert spooled(state) == []
+
+
+def test_a_spooled_document_refused_while_the_endpoint_takes_others_is_dropped_once(run_collector, receiver,
+                                                                                    sessions, state):
+    """The spooled document is refused on its own merits (the run's own document went): dropped with one line,
+    and gone from the spool, not sent again by every later run."""
+    state.mkdir()
+    write_spool(state / "spool-ssh.jsonl", [dict(COLLECTED_SSH, users=["refused"])], 60)
+    receiver.refuse_documents(400, lambda document: document.get("users") == ["refused"])
+    args = ["ssh.py", "-c", "UC-AF", "--utmp", sessions, "--state-dir", state, *receiver.args()]
+    first = run_collector(*args, env={"AFMETRICS_TOKEN": TOKEN}, cwd=state.parent)
+    assert first.returncode == 1
+    assert problems(first) == ["ERROR:ssh:%s refused a ssh document with HTTP 400: dropped" % receiver.url]
+    assert spooled(state) == []
+    assert run_collector(*args, env={"AFMETRICS_TOKEN": TOKEN}, cwd=state.parent).returncode == 0
+    assert [d["users"] for d in receiver.documents] == [["alice", "bob"]] * 2
 
 
 def slow_tool(directory, tool, seconds):
