@@ -238,7 +238,7 @@ class Spool:
     saying when the file was written. A document's age is the time it has been kept as the kernel's boot
     clock counts it, never the wall clock, which may have been far off when it was spooled (a reset RTC, no
     NTP yet); across a reboot it counts from the boot, the time the node was down being unknown. Lines of
-    earlier versions (the document itself, its timestamp in milliseconds) are read too, aged by the clock.
+    earlier versions (the document itself, its timestamp in milliseconds) are read too, aged by their timestamps.
 
     load() skips corrupt lines and documents older than spool_max_age_hours, and then needs_rewrite is set so
     that the caller's save() removes them. save() keeps, of documents the endpoint keeps under one key (a
