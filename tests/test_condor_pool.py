@@ -331,7 +331,7 @@ def test_jupyter_users_are_filtered_hashed_and_excluded_as_job_owners_are(condor
     with_group, _ = group_filter_runs(condor_pool, collect, tmp_path, ["alice"], *options, passwd=[BOB_PASSWD])
     for done, documents, _ in [with_group(), collect(*options, "--exclude-owner", "bob", "-o", "-z", "pepper")]:
         assert done.returncode == 0, done.stderr
-        alice = hashlib.md5(b"pepperalice").hexdigest()[-8:] if "-o" in done.args else "alice"
+        alice = hashlib.sha256(b"pepperalice").hexdigest()[:8] if "-o" in done.args else "alice"
         assert [(doc["kind"], doc["users"]) for doc in documents if doc["kind"].startswith("jupyter-")] == [
             ("jupyter-htc", [alice]), ("jupyter-everyone", [alice])]
         assert {doc["users"] for doc in of_kind(documents, "condorjob")} == {alice}

@@ -407,7 +407,7 @@ def test_jupyter_users_by_partition_and_comment_filtered_hashed_and_excluded(slu
     with_group, _ = group_filter_runs(slurm_cluster, collect, tmp_path, ["alice"], *options, passwd=[BOB_PASSWD])
     for done, documents, _ in [with_group(), collect(*options, "--exclude-owner", "bob", "-o", "-z", "pepper")]:
         assert done.returncode == 0, done.stderr
-        alice = hashlib.md5(b"pepperalice").hexdigest()[-8:] if "-o" in done.args else "alice"
+        alice = hashlib.sha256(b"pepperalice").hexdigest()[:8] if "-o" in done.args else "alice"
         assert [(doc["kind"], doc["users"]) for doc in documents if doc["kind"].startswith("jupyter-")] == [
             ("jupyter-short", [alice]), ("jupyter-commented", [alice])]
         assert {doc["users"] for doc in of_kind(documents, "slurmjob")} == {alice}
