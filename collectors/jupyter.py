@@ -6,8 +6,8 @@ else its label (KubeSpawner's hub.jupyter.org/username unescaped).
 
 Kubernetes access: --kubeconfig, else $KUBECONFIG, else the in-cluster service account.
 Example: KUBECONFIG=afmetrics-reader.kubeconfig python3 collectors/jupyter.py -d -v
-(the pod reader's kubeconfig: deploy/kubernetes and scripts/afmetrics-kubeconfig, README "Kubernetes access for
-jupyter"; never the cluster's admin.conf)
+(the pod reader's kubeconfig: deploy/kubernetes and scripts/afmetrics-kubeconfig, docs/installing.md "Kubernetes
+access for jupyter"; never the cluster's admin.conf)
 """
 import json
 import logging

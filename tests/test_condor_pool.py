@@ -28,7 +28,7 @@ FAULT_TIMEOUT = 5  # --timeout of the fault runs, seconds
 PYTHON_START_SLACK = 10  # seconds a run may take beyond its timeout: interpreter start, host collector
 # BNL's HTC JupyterHub runs each session as an HTCondor job (usatlas/af-docs, docs/bnl/jupyter.md). The submit
 # description of batchspawner's CondorSpawner (jupyterhub/batchspawner, batchspawner/batchspawner.py), submitted
-# as the user: /bin/sh running batchspawner-singleuser jupyterhub-singleuser, which the README's setting finds.
+# as the user: /bin/sh running batchspawner-singleuser jupyterhub-singleuser, which docs/reference.md's setting finds.
 HUB_SESSION = {"executable": "/bin/sh", "getenv": "True", "should_transfer_files": "False", "request_cpus": 1,
                "request_memory": 256,
                "arguments": "\"-c 'exec batchspawner-singleuser jupyterhub-singleuser --ip=0.0.0.0'\""}

@@ -313,7 +313,7 @@ def test_a_gateway_timeout_is_not_sent_again_in_the_run_and_the_next_run_may_ind
 def test_a_token_the_endpoint_does_not_know_is_invisible_to_the_collector(run_collector, endpoint, sessions,
                                                                           tmp_path):
     """AF.conf drops the documents of an unknown token and the http input has answered 200 already: the run
-    succeeds and nothing is indexed. Only the dashboards can tell (README, Delivery)."""
+    succeeds and nothing is indexed. Only the dashboards can tell (docs/delivery.md)."""
     done = run_ssh(run_collector, endpoint, sessions, tmp_path / "state", env={"AFMETRICS_TOKEN": "tok-mistyped"})
     assert done.returncode == 0, done.stderr
     assert len(endpoint.documents) == 1 and endpoint.index == []

@@ -78,7 +78,7 @@ OLD_TOOL_JUPYTER = [("jupyter-ml", ML_NAMESPACE, "owner"), ("jupyter-coffea", CO
 
 def old_tool_users(namespace, label):
     """The old tool's users of a namespace: the label's distinct values on its pods (it listed finished ones too;
-    ours leave them out, one of the differences README "Coming from afmetrics_collector" lists)."""
+    ours leave them out, one of the differences docs/migrating.md lists)."""
     return sorted({labels[label] for space, _, labels, phase in PODS
                    if space == namespace and label in labels and phase not in ("Succeeded", "Failed")})
 

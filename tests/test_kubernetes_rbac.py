@@ -1,4 +1,4 @@
-"""The least-privilege Kubernetes access the README recommends, end to end against real components.
+"""The least-privilege Kubernetes access docs/installing.md recommends, end to end against real components.
 
 scripts/kube-apiserver runs kube-apiserver with RBAC and kube-controller-manager's token controller, and gives
 Debian's kubectl of the same release. As an admin would, kubectl applies deploy/kubernetes/afmetrics-reader.yaml
@@ -308,9 +308,9 @@ def test_rotated_token_is_refused_until_the_kubeconfig_is_made_again(cluster, re
 
 
 def documented_rotation():
-    """The README's two kubectl commands that rotate the token, as arguments (the manifest's path made whole)."""
-    readme = (REPO / "README.md").read_text()
-    block = readme[readme.index("To rotate the token"):].split("```sh\n", 1)[1].split("```", 1)[0]
+    """docs/installing.md's two kubectl commands that rotate the token, as arguments (the manifest's path made whole)."""
+    guide = (REPO / "docs" / "installing.md").read_text()
+    block = guide[guide.index("To rotate the token"):].split("```sh\n", 1)[1].split("```", 1)[0]
     commands = [shlex.split(line)[1:] for line in block.splitlines() if line.startswith("kubectl ")]
     assert len(commands) == 2, block
     return [[str(REPO / arg) if arg.startswith("deploy/") else arg for arg in command] for command in commands]
@@ -500,5 +500,5 @@ def test_help_gives_the_steps():
     for step in ("kubectl apply -f deploy/kubernetes/afmetrics-reader.yaml",
                  "kubectl apply -n af-jupyter -f deploy/kubernetes/afmetrics-reader-role.yaml",
                  "scripts/afmetrics-kubeconfig -o afmetrics-reader.kubeconfig",
-                 "kubectl " + " ".join(documented_rotation()[0])):  # the README's rotation, the Secret first
+                 "kubectl " + " ".join(documented_rotation()[0])):  # the documented rotation, the Secret first
         assert step in done.stdout

@@ -31,7 +31,7 @@ PYTHON_START_SLACK = 10  # seconds a run may take beyond its timeout: interprete
 # (slaclab/slac-ood-jupyter, submit.yml.erb) names no job, so OnDemand's name is the job's: sys/dashboard/sys/ and
 # the app's directory, after the portal's name where one is set. BNL's HPC JupyterHub runs Slurm jobs too
 # (docs/bnl/jupyter.md), which batchspawner's SlurmSpawner names spawner-jupyterhub (jupyterhub/batchspawner,
-# batchspawner/batchspawner.py). The README's settings for both.
+# batchspawner/batchspawner.py). docs/reference.md's settings for both.
 OOD_SESSIONS = "ood:name:sys/dashboard/sys/[^/]*jupyter"
 SPAWNER_SESSIONS = "hpc:name:^spawner-jupyterhub$"
 # Slurm checks time limits and deadlines every 30 s: a one-minute job times out 60 to 90 s after it started.
