@@ -239,7 +239,9 @@ def collect_and_deliver(module, opts, users, delivery, deadline):
         run.log.error("cannot lock: %s: %s", error.strerror, error.filename)
         return EXIT_FAILED
     if lock is None:
-        run.log.warning("previous %s run still going: this run skipped", module.NAME)
+        holder = run.state.lock_holder(module.NAME)
+        run.log.warning("previous %s run still going%s: this run skipped", module.NAME,
+                        " (%s)" % holder if holder else "")
         return EXIT_OK
     with lock:
         run.state.sweep_temporaries()

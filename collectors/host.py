@@ -8,16 +8,16 @@ stored is not sent: the next run measures from the baseline it finds, and a stor
 covers again. A run whose documents can be neither delivered nor spooled puts the baseline back.
 
 No mount can hang a run. A mount whose server is gone (NFS) or whose FUSE daemon is wedged blocks statvfs, and any
-stat of its root, for as long as it stays so, and the run would hold its lock for ever, every later cron run
-skipped. So each DISK mount is read by a child process of its own (realpath, then statvfs), all started together
-and given the run's timeout in all; one that has not answered by then is killed, its mount one warning, and the
-other documents go. A child, not a thread: a thread in an uninterruptible wait keeps the whole process from
-exiting, and with it the run's open lock, while a child, started without this process's descriptors, holds
-nothing of the run, is never waited for past a short grace, and is left to init when the run ends. SIGKILL frees
-a child at once from an NFS hard mount's wait and from a FUSE request its daemon has not read, but not from one
-the daemon read and never answers: such a child stays until the file system is aborted, so its pid is kept in
-the state dir and later runs do not ask that mount again while it is there (one stuck child per mount, not one per
-run).
+stat of its root, for as long as it stays so: the run would hold its lock for ever, every later cron run skipped.
+So each DISK mount is read by a child process of its own (realpath, then statvfs), all started together and given
+the run's timeout in all; one that has not answered by then is killed, its mount is one warning, and the other
+documents go. A child, not a thread: a thread in an uninterruptible wait keeps the process from ending (its
+parent, cron, waits for it for ever). The child is a new program (exec), not a fork: it holds none of the run's
+descriptors, the lock's among them, which a stuck fork would keep locked. SIGKILL frees a child at once from an
+NFS hard mount's wait and from a FUSE request its daemon has not read, but not from one the daemon read and never
+answers: that child stays until the file system is aborted, never waited for past a short grace, and init takes
+it when the run ends. Its pid is kept in the state dir, and later runs do not ask that mount again while it is
+there: one stuck child per mount, not one more every run.
 
 Example: python3 collectors/host.py -d -v --disk / --disk /home
 """
@@ -41,9 +41,12 @@ DISKSTATS_STATE = "diskstats.json"
 STUCK_STATE = "stuck-usage-children.json"
 ALL_INTERFACES = "all"  # no interface index: the total the baselines of earlier versions hold
 SECTOR_BYTES = 512  # /proc/diskstats counts 512-byte sectors whatever the device's sector size
-# The child reading one mount's usage: the path as the kernel resolves it (a stat of each component, the mount's
-# root among them) and statvfs's figures, psutil.disk_usage's; an error is its strerror. With -I -S it reads
-# nothing of the environment, the working directory or site-packages (which may be on a mount that hangs too).
+# The usage child's interpreter: the one running this, as the kernel knows it, also when the run user could not open
+# the path that started it (a hand run through setpriv) or an upgrade replaced that path meanwhile.
+PYTHON = "/proc/self/exe"
+# The usage child of one mount: the path as the kernel resolves it (a stat of each component, the mount's root among
+# them) and statvfs's figures, psutil.disk_usage's; an error is its strerror. With -I -S it reads nothing of the
+# environment, the working directory or site-packages (which may be on a mount that hangs too).
 USAGE_CHILD = """import json, os, sys
 try:
     path = os.path.realpath(sys.argv[1])
@@ -175,7 +178,7 @@ def read_usages(run, mounts):
                             "(not asked again until it returns)" % (stuck[mount]["pid"], stuck_for(stuck[mount]))
             continue
         try:
-            children[mount] = common.start_command([sys.executable, "-I", "-S", "-c", USAGE_CHILD, mount])
+            children[mount] = common.start_command([PYTHON, "-I", "-S", "-c", USAGE_CHILD, mount])
         except common.SourceError as error:
             usages[mount] = str(error)
     for mount, child in children.items():
