@@ -131,8 +131,8 @@ class StateDir:
 
     @staticmethod
     def _note_holder(handle):
-        """Write this process's pid and start into the lock file it holds, for a run it makes skip to name
-        (lock_holder); the lock holds without."""
+        """Note this process's pid and start in the lock file it now holds, for a run that finds the lock taken
+        to name its holder (lock_holder). The lock holds without the note."""
         note = json.dumps({"pid": os.getpid(), "since": time.time()}).encode("ascii")
         try:
             os.ftruncate(handle.fileno(), 0)

@@ -155,7 +155,7 @@ def still_stuck(stored):
     boot = common.this_boot()
     return {mount: child for mount, child in stored.items()
             if isinstance(child, dict) and child.get("boot") == boot and type(child.get("pid")) is int
-            and running_since(child["pid"]) == child.get("start")}
+            and child.get("start") is not None and running_since(child["pid"]) == child["start"]}
 
 
 def stuck_for(child):
@@ -186,11 +186,12 @@ def read_usages(run, mounts):
             answer = json.loads(common.finish_command(child, timeout, since))
             usages[mount] = answer.get("error", answer)
         except common.SourceError as error:
-            if child.returncode is None:
-                stuck[mount] = {"pid": child.pid, "start": running_since(child.pid), "boot": common.this_boot()}
+            start = running_since(child.pid) if child.returncode is None else None
+            if start is not None:
+                stuck[mount] = {"pid": child.pid, "start": start, "boot": common.this_boot()}
                 usages[mount] = "no answer within %g s, a hung mount: its usage child, pid %d, is stuck there " \
                                 "(not asked again until it returns)" % (timeout, child.pid)
-            elif child.returncode == -signal.SIGKILL:
+            elif child.returncode in (None, -signal.SIGKILL):  # None: it ended since the grace
                 usages[mount] = "no answer within %g s, a hung mount" % timeout
             else:
                 usages[mount] = str(error)

@@ -227,6 +227,23 @@ def process_state(pid):
         return None
 
 
+def test_still_stuck_is_the_same_process_not_ended():
+    """A stuck child is known by its pid, start and boot: a pid taken again by another process, one gone (or
+    a zombie), a record of another boot or without a start is not one."""
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        child = {"pid": sleeper.pid, "start": host.running_since(sleeper.pid), "boot": host.common.this_boot()}
+        assert host.still_stuck({"/home": child}) == {"/home": child}
+        for other in ({"start": child["start"] - 1}, {"start": None}, {"boot": "another boot"}, {"pid": "1"}):
+            assert host.still_stuck({"/home": dict(child, **other)}) == {}
+    finally:
+        sleeper.kill()
+    sleeper.wait()
+    assert host.running_since(sleeper.pid) is None
+    assert host.still_stuck({"/home": child}) == host.still_stuck({"/home": dict(child, start=None)}) == {}
+    assert host.still_stuck(["not", "a", "record"]) == {}
+
+
 def delivered_kinds(receiver, before):
     return sorted(document["kind"] for document in receiver.documents[before:])
 
