@@ -186,15 +186,16 @@ def read_usages(run, mounts):
             answer = json.loads(common.finish_command(child, timeout, since))
             usages[mount] = answer.get("error", answer)
         except common.SourceError as error:
-            start = running_since(child.pid) if child.returncode is None else None
+            if child.returncode not in (None, -signal.SIGKILL):  # it failed by itself, not killed at the bound
+                usages[mount] = str(error)
+                continue
+            usages[mount] = "no answer within %g s, %s" % (
+                timeout, "a hung mount" if timeout >= run.opts.timeout else "what was left of the run budget")
+            start = running_since(child.pid) if child.returncode is None else None  # None: it ended since the grace
             if start is not None:
                 stuck[mount] = {"pid": child.pid, "start": start, "boot": common.this_boot()}
-                usages[mount] = "no answer within %g s, a hung mount: its usage child, pid %d, is stuck there " \
-                                "(not asked again until it returns)" % (timeout, child.pid)
-            elif child.returncode in (None, -signal.SIGKILL):  # None: it ended since the grace
-                usages[mount] = "no answer within %g s, a hung mount" % timeout
-            else:
-                usages[mount] = str(error)
+                usages[mount] += ": its usage child, pid %d, is stuck there (not asked again until it returns)" \
+                    % child.pid
     if not run.opts.debug and stuck != (stored or {}):
         try:
             run.state.save(STUCK_STATE, stuck)

@@ -170,14 +170,14 @@ class HungMount:
         finally:
             os.close(fd)
 
-    def run(self, run_collector, receiver, state):
-        """host.py on / and this mount, in its namespace. Should it hang there (what this tests for), the mount is
+    def run(self, run_collector, receiver, state, *more):
+        """host.py on / and this mount (--timeout BOUND, then more), in its namespace. Should it hang there (what this tests for), the mount is
         aborted when run_collector gives up, so that the test fails instead of waiting for ever on a process that
         SIGKILL does not end."""
         watchdog = threading.Timer(RUN_LIMIT, self.abort)
         watchdog.start()
         try:
-            return run_host(run_collector, receiver, state, "--disk", self.path, "--timeout", BOUND,
+            return run_host(run_collector, receiver, state, "--disk", self.path, "--timeout", BOUND, *more,
                             prefix=self.enter, timeout=RUN_LIMIT)
         finally:
             watchdog.cancel()
@@ -304,6 +304,20 @@ def test_mount_that_never_answers_is_one_warning_each_run_and_leaves_no_child(hu
             "WARNING:host:DISK %s not reported: no answer within %d s, a hung mount" % (hung.path, BOUND)]
         assert [kind for kind in delivered_kinds(receiver, before) if kind != "NETWORK"] == ["CPU", "DISK", "MEM"]
     assert not (state / host.STUCK_STATE).exists()
+
+
+def test_hung_mount_gets_no_more_than_is_left_of_the_run_budget(hung_mount, run_collector, receiver, tmp_path):
+    """A run budget shorter than the timeout bounds the usage children too, and the warning says which bound it
+    was; the documents made are kept."""
+    hung = hung_mount("silent")
+    state = tmp_path / "state"
+    done = hung.run(run_collector, receiver, state, "--timeout", 60, "--run-budget", BOUND)
+    assert done.returncode == 1, done.stderr
+    [warning] = [line for line in log_lines(done.stderr) if line.startswith("WARNING")]
+    assert re.fullmatch(r"WARNING:host:DISK %s not reported: no answer within [\d.]+ s, what was left of the run "
+                        r"budget" % re.escape(str(hung.path)), warning), warning
+    kept = receiver.documents + spool_documents(state / "spool-host.jsonl")
+    assert sorted(document["kind"] for document in kept) == ["CPU", "DISK", "MEM"]
 
 
 def test_interval_whose_end_cannot_be_stored_is_not_sent(run_collector, receiver, small_file_system):
