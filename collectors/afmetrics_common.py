@@ -31,7 +31,8 @@ from afmetrics_status import UNKNOWN as STATUS_UNKNOWN, status_report, write_tex
 
 __all__ = ["COLLECTOR_SETTINGS", "COMMON_SETTINGS", "IN_UTC", "KUBERNETES_SERVICEACCOUNT_DIR", "SourceError",
            "UsageError", "__version__", "add_exclude_owner_argument", "add_jupyter_pending_argument",
-           "jupyter_document", "main", "network_failure", "script_main", "this_boot"]
+           "finish_command", "jupyter_document", "main", "network_failure", "script_main", "start_command",
+           "this_boot"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -69,22 +70,53 @@ def setup_logging(verbosity, log_file=""):
 IN_UTC = {"TZ": "UTC0"}
 
 
-def run_command(argv, timeout, env=None):
-    """Run a command, with the variables of env added to this process's environment, and return its stdout; any
-    failure becomes a one-line SourceError."""
+# SIGKILL takes effect when a process leaves the kernel: at once from a killable wait (a command's own, an NFS
+# hard mount's RPC, a FUSE request its server has not read yet), never from the wait for a FUSE request the server
+# read and does not answer (request_wait_answer in torvalds/linux fs/fuse/dev.c). A killed child gets this long to
+# end; one that does not is left behind, never waited for: the wait would be as long as the file system's.
+KILL_GRACE_SECONDS = 1.0
+
+
+def start_command(argv, env=None):
+    """Start a command, with the variables of env added to this process's environment, stdout and stderr piped,
+    no stdin and none of this process's other descriptors (a collector's lock among them: a child that outlives
+    the run must not hold it); a one-line SourceError when it cannot start."""
     try:
-        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
-                              stdin=subprocess.DEVNULL, env=dict(os.environ, **env) if env else None)
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                env=dict(os.environ, **env) if env else None, close_fds=True)
     except FileNotFoundError:
         raise SourceError("%s not found on PATH" % argv[0])
-    except subprocess.TimeoutExpired:
-        raise SourceError("%s did not answer within %g s" % (argv[0], timeout))
     except OSError as error:
         raise SourceError("cannot run %s: %s" % (argv[0], error.strerror))
-    if done.returncode != 0:
-        message = " ".join(done.stderr.decode("utf-8", "replace").split()) or "no error message"
-        raise SourceError("%s failed (exit %d): %s" % (argv[0], done.returncode, message[:300]))
-    return done.stdout.decode("utf-8", "replace")
+
+
+def finish_command(process, timeout, since):
+    """The stdout of a command start_command started, once it ended within timeout seconds of since (a
+    time.monotonic() value); any failure becomes a one-line SourceError. One still running then is killed and
+    given KILL_GRACE_SECONDS to end; if it has not, process.returncode stays None: it is stuck in the kernel."""
+    name = process.args[0]
+    try:
+        stdout, stderr = process.communicate(timeout=max(0.0, since + timeout - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        process.kill()
+        for pipe in (process.stdout, process.stderr):
+            pipe.close()
+        try:
+            process.wait(KILL_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            pass
+        raise SourceError("%s did not answer within %g s" % (name, timeout))
+    if process.returncode != 0:
+        message = " ".join(stderr.decode("utf-8", "replace").split()) or "no error message"
+        raise SourceError("%s failed (exit %d): %s" % (name, process.returncode, message[:300]))
+    return stdout.decode("utf-8", "replace")
+
+
+def run_command(argv, timeout, env=None):
+    """Run a command, with the variables of env added to this process's environment, and return its stdout; any
+    failure, and not ending within timeout seconds, becomes a one-line SourceError."""
+    since = time.monotonic()
+    return finish_command(start_command(argv, env), timeout, since)
 
 
 def jupyter_document(name, users):
@@ -207,7 +239,9 @@ def collect_and_deliver(module, opts, users, delivery, deadline):
         run.log.error("cannot lock: %s: %s", error.strerror, error.filename)
         return EXIT_FAILED
     if lock is None:
-        run.log.warning("previous %s run still going: this run skipped", module.NAME)
+        holder = run.state.lock_holder(module.NAME)
+        run.log.warning("previous %s run still going%s: this run skipped", module.NAME,
+                        " (%s)" % holder if holder else "")
         return EXIT_OK
     with lock:
         run.state.sweep_temporaries()
