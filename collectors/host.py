@@ -39,6 +39,7 @@ SETTINGS = common.COLLECTOR_SETTINGS[NAME]
 NETWORK_STATE = "network.json"
 DISKSTATS_STATE = "diskstats.json"
 STUCK_STATE = "stuck-usage-children.json"
+FSTAB = "/etc/fstab"
 ALL_INTERFACES = "all"  # no interface index: the total the baselines of earlier versions hold
 SECTOR_BYTES = 512  # /proc/diskstats counts 512-byte sectors whatever the device's sector size
 # The usage child's interpreter: the one running this, as the kernel knows it, also when the run user could not open
@@ -134,6 +135,26 @@ def is_mount_point(path, partitions):
     psutil.disk_partitions(all=True): /proc/self/mounts, which also knows a bind mount from the same file system
     (os.path.ismount, comparing devices, does not)."""
     return path in {partition.mountpoint for partition in partitions}
+
+
+def fstab_mount_points(text):
+    """The mount points an fstab(5) text names (its second field, octal escapes such as \\040 decoded), swap's
+    "none" left out: where a file system is meant to be mounted."""
+    points = set()
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and not fields[0].startswith("#") and fields[1].startswith("/"):
+            points.add(os.path.normpath(fields[1].encode("latin-1", "backslashreplace").decode("unicode_escape")))
+    return points
+
+
+def read_fstab():
+    """The mount points of /etc/fstab; none where it cannot be read (a container has none)."""
+    try:
+        with open(FSTAB, encoding="utf-8", errors="replace") as fstab:
+            return fstab_mount_points(fstab.read())
+    except OSError:
+        return set()
 
 
 def running_since(pid):
@@ -365,14 +386,16 @@ def disk_documents(run, node, now):
         run.source_failed("DISK not reported: %s" % error)
         return []
     partitions = psutil.disk_partitions(all=True)
+    meant_to_be_mounted = read_fstab()
     documents = []
     for mount, usage in usages.items():
         if isinstance(usage, str):
             run.log.warning("DISK %s not reported: %s", mount, usage)
             continue
-        if not is_mount_point(usage["path"], partitions):
-            # What statvfs saw there is the file system underneath (/ when the mount failed at boot).
-            run.log.warning("DISK %s not reported: nothing is mounted there", mount)
+        if not is_mount_point(usage["path"], partitions) and meant_to_be_mounted & {mount, usage["path"]}:
+            # Its mount failed (at boot): what statvfs saw there is the file system underneath, / say. A directory
+            # fstab does not name is reported with the file system holding it, as the old tool does (/home on /).
+            run.log.warning("DISK %s not reported: nothing is mounted there (%s names it)", mount, FSTAB)
             continue
         frsize, blocks, free_blocks, available_blocks = usage["statvfs"]
         total, used = blocks * frsize, (blocks - free_blocks) * frsize  # as psutil.disk_usage counts them

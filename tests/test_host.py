@@ -127,17 +127,36 @@ def test_missing_mount_is_a_warning_and_others_are_reported(run_collector, tmp_p
 
 
 def test_directory_whose_mount_failed_is_a_warning_not_the_file_system_under_it(run_collector, tmp_path):
-    """A configured mount point with nothing mounted on it (its mount failed at boot) beside a real mount."""
+    """A mount point /etc/fstab names with nothing mounted on it (its mount failed at boot) beside a real mount,
+    and a directory fstab does not name, which is reported with the file system holding it (the old tool's
+    numbers for a /home that is a directory of /)."""
     unmounted, mounted = tmp_path / "unmounted", tmp_path / "mounted"
     unmounted.mkdir()
     mounted.mkdir()
-    done = run_collector("host.py", "-d", "--disk", unmounted, "--disk", mounted, "--state-dir", tmp_path / "state",
-                         env={"MOUNTED": str(mounted)}, cwd=tmp_path,
-                         prefix=private_mounts('mount -t tmpfs -o size=1m afmetrics-mounted "$MOUNTED"'))
+    fstab = tmp_path / "fstab"
+    fstab.write_text("# <file system> <mount point> <type> <options> <dump> <pass>\n"
+                     "UUID=0a1b /  ext4 errors=remount-ro 0 1\n/dev/sdb1 none swap sw 0 0\n"
+                     "server:/export %s nfs4 defaults,_netdev 0 0\n" % unmounted)
+    done = run_collector("host.py", "-d", "--disk", unmounted, "--disk", mounted, "--disk", mounted / "plain",
+                         "--state-dir", tmp_path / "state", env={"MOUNTED": str(mounted), "FSTAB": str(fstab)},
+                         cwd=tmp_path, prefix=private_mounts('mount -t tmpfs -o size=1m afmetrics-mounted "$MOUNTED"\n'
+                                                             'mkdir "$MOUNTED/plain"\nmount --bind "$FSTAB" /etc/fstab'))
     assert done.returncode == 0, done.stderr
-    assert log_lines(done.stderr) == ["WARNING:host:DISK %s not reported: nothing is mounted there" % unmounted]
-    [disk] = [d for d in json_lines(tmp_path / "host.json") if d["kind"] == "DISK"]
-    assert (disk["mount"], disk["device"], disk["total"]) == (str(mounted), "afmetrics-mounted", MIB)
+    assert log_lines(done.stderr) == ["WARNING:host:DISK %s not reported: nothing is mounted there (/etc/fstab "
+                                      "names it)" % unmounted]
+    disks = [d for d in json_lines(tmp_path / "host.json") if d["kind"] == "DISK"]
+    assert [(d["mount"], d["device"], d["total"]) for d in disks] == [
+        (str(mounted), "afmetrics-mounted", MIB), (str(mounted / "plain"), "afmetrics-mounted", MIB)]
+
+
+@pytest.mark.parametrize("text, points", [
+    ("", set()),
+    ("# /etc/fstab\n\nUUID=1 / ext4 defaults 0 1\n/dev/sdb1 none swap sw 0 0\n", {"/"}),
+    ("srv:/home\t/home  nfs4 rw 0 0\n/dev/x /mnt/My\\040Disk/ ext4 noauto 0 0\n", {"/home", "/mnt/My Disk"}),
+    ("/dev/sdc1\n  # /data ext4\nLABEL=d /data\n", {"/data"}),
+])
+def test_fstab_mount_points(text, points):
+    assert host.fstab_mount_points(text) == points
 
 
 HUNG_FUSE = pathlib.Path(__file__).resolve().parent / "hung_fuse.py"
