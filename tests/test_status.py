@@ -113,15 +113,44 @@ def test_record_keeps_the_source_error_when_delivery_fails_too(collect, status, 
 
 
 def lines_of(done):
-    return done.stdout.strip().splitlines()
+    """The status lines, without the performance data after the first line's " | "."""
+    lines = done.stdout.strip().splitlines()
+    return [lines[0].split(" | ")[0]] + lines[1:] if lines else []
 
 
-def age_last_success(state, name, seconds):
-    """The record as it will be once its last success is SECONDS old (waiting 15 minutes is no test)."""
+# 'label'=value[UOM];[warn];[crit];[min];[max], space-separated, after the first line's "|" (Monitoring Plugins
+# guidelines, https://www.monitoring-plugins.org/doc/guidelines.html#AEN201); labels without ' or =, as Icinga
+# asks (https://icinga.com/docs/icinga-2/latest/doc/05-service-monitoring/#performance-data-metrics).
+PERFDATUM = re.compile(r"^'([^'=]+)'=(U|-?[\d.]+)(s|B|)((?:;[^;\s]*){0,4})$")
+
+
+def perfdata_of(done):
+    """{label: (value, unit, [warn, crit, min, max])} of the first line's performance data; checks its format."""
+    first, *rest = done.stdout.splitlines()
+    assert all("|" not in line for line in rest)
+    text, bar, data = first.partition(" | ")
+    assert bar and "|" not in text
+    parsed = {}
+    for datum in data.split(" "):
+        match = PERFDATUM.match(datum)
+        assert match, datum
+        label, value, unit, thresholds = match.groups()
+        parsed[label] = (None if value == "U" else float(value), unit, (thresholds[1:].split(";") + [""] * 4)[:4])
+    return parsed
+
+
+def age_record(state, name, **ages):
+    """The record as it will be once its times (last_success, end, spool_oldest_timestamp) are that many seconds
+    old (waiting 15 minutes is no test); other fields given as {field: value} in set_fields."""
     path = state / ("last-run-%s.json" % name)
     run = json.loads(path.read_text())
-    run["last_success"] = time.time() - seconds
+    run.update({field: time.time() - seconds for field, seconds in ages.items()})
     path.write_text(json.dumps(run))
+
+
+def edit_record(state, name, **fields):
+    path = state / ("last-run-%s.json" % name)
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), **fields)))
 
 
 def test_status_exit_codes_follow_the_nagios_convention(collect, status, receiver, state, run_collector):
@@ -141,29 +170,33 @@ def test_status_exit_codes_follow_the_nagios_convention(collect, status, receive
     # A selected collector that never ran is UNKNOWN, worse than OK.
     done = status("-s", "-b")
     assert (done.returncode, [line.split(":")[0] for line in lines_of(done)]) == (3, ["UNKNOWN condor", "OK ssh"])
-    # 1 WARNING: the endpoint is down, documents are kept; worst first.
-    receiver.answer_always(503)
-    assert collect("--send-budget", "1", collectors=("-s",)).returncode == 1
-    done = status()
+    # 1 WARNING: the last success is older than -w allows (a Nagios range: above 60 s); worst first.
+    age_record(state, "ssh", last_success=61, end=61)
+    assert status("-w", "90").returncode == 0
+    done = status("-w", "60")
     assert done.returncode == 1
     first, second = lines_of(done)
-    assert first.startswith("WARNING ssh: 1 document(s) kept for later: ") and "HTTP 503" in first
-    assert "; spool 1, oldest " in first
+    assert first.startswith("WARNING ssh: no successful run for over 60 s (not since 61 s ago); last success ")
     assert second.startswith("OK host:")
-    assert "|" not in done.stdout  # Nagios would take the rest for performance data
+    perfdata_of(done)  # one "|", on the first line: Nagios takes what follows it for performance data
+    # -c is the critical range in a check (not the cluster), and overrides stale_after.
+    assert status("-w", "30", "-c", "60").returncode == 2
+    assert status("-w", "30", "--critical=@100:200").returncode == 1
+    assert status("-c90").returncode == 0
     # 2 CRITICAL once the last success is older than stale_after (900 s), whenever the last run was.
-    age_last_success(state, "ssh", 899)
+    edit_record(state, "ssh", exit_status=1, refused=1, last_error="the endpoint refused a ssh document: dropped")
+    age_record(state, "ssh", last_success=899)
     assert status().returncode == 1
-    age_last_success(state, "ssh", 901)
+    age_record(state, "ssh", last_success=901)
     done = status()
     assert done.returncode == 2
-    assert lines_of(done)[0].startswith("CRITICAL ssh: no successful run within 900 s (not since 15 min ago): ")
+    assert lines_of(done)[0].startswith("CRITICAL ssh: no successful run for over 900 s (not since 15 min ago): ")
     # stale_after from the config file, as the role writes it; 0: never stale.
     config = state.parent / "afmetrics.conf"
     config.write_text("[afmetrics]\nstale_after = 0\n")
     assert status("--config", config).returncode == 1
     # A last success in the future (the clock stepped back) would hide staleness: a warning.
-    age_last_success(state, "ssh", -3600)
+    age_record(state, "ssh", last_success=-3600)
     done = status()
     assert done.returncode == 1
     assert re.match(r"WARNING ssh: last success 3[56]\d\d s in the future: the clock was stepped back;",
