@@ -15,6 +15,7 @@ import pytest
 
 import afmetrics_common as common
 import afmetrics_privacy
+from afmetrics_status import parse_range
 from conftest import COLLECTORS, collector_environment, log_lines, skip_or_fail
 
 TOKEN = "tok-status-81c3"
@@ -208,6 +209,131 @@ def test_status_exit_codes_follow_the_nagios_convention(collect, status, receive
     assert done.returncode == 2
     assert [line.split(":")[0] for line in lines_of(done)] == ["CRITICAL ssh", "UNKNOWN condor", "OK host"]
     assert lines_of(done)[0].startswith("CRITICAL ssh: source failing: who not found on PATH")
+
+
+def samples_of(text):
+    """{'name{labels}': value} of a Prometheus text file."""
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if not line.startswith("#")}
+
+
+def test_a_configured_collector_that_never_ran_is_critical_and_has_series(collect, status, promtool, state,
+                                                                          tmp_path):
+    config, textfile = tmp_path / "afmetrics.conf", tmp_path / "afmetrics.prom"
+    config.write_text("[afmetrics]\ncollectors = ssh, condor\n")
+    assert collect("--config", config, "--textfile-dir", tmp_path, collectors=("-s",)).returncode == 0
+    done = status("--config", config)  # no collector named: the configured ones
+    assert done.returncode == 3
+    assert [line.split(":")[0] for line in lines_of(done)] == ["UNKNOWN condor", "OK ssh"]
+    assert lines_of(done)[0] == "UNKNOWN condor: no run recorded yet (configured 0 s ago)"
+    # The config file was written 901 s ago: longer than stale_after, and cron never ran condor.py.
+    configured = time.time() - 901
+    os.utime(config, (configured, configured))
+    done = status("--config", config)
+    assert done.returncode == 2
+    assert lines_of(done)[0] == "CRITICAL condor: configured 15 min ago and no run for over 900 s: is cron running it?"
+    assert perfdata_of(done)["condor_last_success_age"] == (None, "", ["", "900", "0", ""])
+    entry = json.loads(status("--config", config, "--json").stdout)["collectors"][1]  # in the config's order
+    assert (entry["collector"], entry["status"], entry["last_run"]) == ("condor", "CRITICAL", None)
+    assert entry["configured"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(configured))
+    # The next run's textfile has its series: a last success of 0, and when it was configured.
+    assert collect("--config", config, "--textfile-dir", tmp_path, collectors=("-s",)).returncode == 0
+    checked = subprocess.run([promtool, "check", "metrics"], input=textfile.read_text(), capture_output=True,
+                             text=True)
+    assert (checked.returncode, checked.stdout + checked.stderr) == (0, "")
+    samples = samples_of(textfile.read_text())
+    assert samples['afmetrics_last_success_timestamp_seconds{collector="condor"}'] == 0
+    assert samples['afmetrics_configured_timestamp_seconds{collector="condor"}'] == pytest.approx(configured, abs=0.01)
+    assert not any('collector="condor"' in name for name in samples
+                   if not name.startswith(("afmetrics_last_success", "afmetrics_configured")))
+    # A name the node does not know is a configuration error.
+    config.write_text("[afmetrics]\ncollectors = ssh, batch\n")
+    done = collect("--config", config, collectors=("-s",))
+    assert (done.returncode, log_lines(done.stderr)) == (2, [
+        "ERROR:afmetrics:collectors: unknown batch (known: ssh, condor, slurm, jupyter, host)"])
+
+
+def test_a_configuration_error_is_recorded_at_once(collect, status, state, tmp_path):
+    assert collect("--textfile-dir", tmp_path).returncode == 0
+    succeeded = record(state, "ssh")["last_success"]
+    config = tmp_path / "afmetrics.conf"
+    config.write_text("[afmetrics]\ntimeout = soon\n")
+    done = collect("--config", config, "--textfile-dir", tmp_path)
+    reason = "%s: bad value for timeout: 'soon' (could not convert string to float: 'soon')" % config
+    assert (done.returncode, log_lines(done.stderr)) == (2, ["ERROR:afmetrics:" + reason])
+    for name in ("ssh", "host"):
+        run = record(state, name)
+        assert (run["exit_status"], run["last_error"], run["source_error"]) == (2, reason, "")
+        assert (run["collected"], run["delivered"], run["last_success"]) == (0, 0, succeeded if name == "ssh"
+                                                                              else run["last_success"])
+    done = status()
+    assert done.returncode == 2
+    assert lines_of(done)[:2] == ["CRITICAL host: configuration error: " + reason + lines_of(done)[0].split(reason)[1],
+                                  "CRITICAL ssh: configuration error: " + reason + lines_of(done)[1].split(reason)[1]]
+    samples = samples_of((tmp_path / "afmetrics.prom").read_text())
+    assert samples['afmetrics_last_run_exit_status{collector="ssh"}'] == 2
+    assert samples['afmetrics_last_success_timestamp_seconds{collector="ssh"}'] == succeeded
+    # A CA bundle that cannot be read, for a script of its own: its record alone.
+    host_before = record(state, "host")
+    done = collect("--ca-bundle", tmp_path / "missing.pem", collectors=("-s",))
+    assert done.returncode == 2
+    assert record(state, "ssh")["last_error"] == "ca_bundle %s: No such file or directory" % (tmp_path / "missing.pem")
+    assert record(state, "host") == host_before
+    # A debug run writes no record, whatever its error.
+    records = {path.name: path.read_bytes() for path in state.glob("last-run-*.json")}
+    assert collect("-d", "--config", config).returncode == 2
+    assert {path.name: path.read_bytes() for path in state.glob("last-run-*.json")} == records
+
+
+def test_endpoint_down_is_a_warning_until_the_kept_documents_are_old(collect, status, receiver, state):
+    receiver.answer_always(503)
+    # The first run ever, with the endpoint down: it collected, it cannot deliver. Not "never succeeded".
+    assert collect("--send-budget", "1", collectors=("-s",)).returncode == 1
+    done = status("-s")
+    assert done.returncode == 1
+    assert lines_of(done)[0].startswith("WARNING ssh: endpoint down: 1 document(s) kept for later, the oldest 0 s "
+                                        "ago (last success never): 1 document(s) not delivered (")
+    perfdata = perfdata_of(done)
+    assert perfdata["ssh_last_success_age"] == (None, "", ["", "900", "0", ""])
+    assert perfdata["ssh_spool_documents"] == (1, "", ["", "", "0", ""])
+    assert perfdata["ssh_spool_size"] == ((state / "spool-ssh.jsonl").stat().st_size, "B", ["", "", "0", ""])
+    assert perfdata["ssh_spool_oldest_age"][1:] == ("s", ["", "21600", "0", ""])
+    assert perfdata["ssh_last_run_age"][1] == "s" and perfdata["ssh_delivered"][0] == 0
+    entry = json.loads(status("-s", "--json").stdout)["collectors"][0]
+    assert (entry["status"], entry["endpoint_down"], entry["spool_bytes"]) == (
+        "WARNING", True, perfdata["ssh_spool_size"][0])
+    # Still a warning long after the last success, while the runs go on and the kept documents are young.
+    age_record(state, "ssh", last_success=3600, spool_oldest_timestamp=21500)
+    assert status("-s").returncode == 1
+    # CRITICAL once the oldest is older than spool_critical_after (21600 s), or when the runs stopped.
+    age_record(state, "ssh", spool_oldest_timestamp=21700)
+    done = status("-s")
+    assert done.returncode == 2 and lines_of(done)[0].startswith("CRITICAL ssh: endpoint down: 1 document(s) kept")
+    assert status("-s", "--spool-critical-after", "0").returncode == 1
+    age_record(state, "ssh", spool_oldest_timestamp=60, end=901)
+    done = status("-s")
+    assert done.returncode == 2 and lines_of(done)[0].startswith("CRITICAL ssh: no run for over 900 s (the last 15 min")
+    # A source failing while the endpoint is down: the node cannot collect, whatever the endpoint does.
+    assert collect("--send-budget", "1", collectors=("-s",), env={"PATH": "/nonexistent"}).returncode == 1
+    entry = json.loads(status("-s", "--json").stdout)["collectors"][0]
+    assert (entry["status"], entry["endpoint_down"]) == ("CRITICAL", False)
+
+
+@pytest.mark.parametrize("text, inside, outside", [
+    ("900", [0, 900], [-1, 900.5]),
+    ("10:", [10, 1e9], [9.9]),
+    ("~:10", [-1e9, 10], [10.1]),
+    ("10:20", [10, 20], [9, 21]),
+    ("@10:20", [9, 21], [10, 20]),
+])
+def test_nagios_ranges_alert_outside_their_range_or_inside_with_at(text, inside, outside):
+    limit = parse_range(text)
+    assert [limit.alerts(value) for value in inside + outside] == [False] * len(inside) + [True] * len(outside)
+
+
+@pytest.mark.parametrize("text", ["", "soon", "20:10", "nan", "1:2:3"])
+def test_a_bad_nagios_range_is_unknown(status, text):
+    assert status("-w", text).returncode == 3
 
 
 def test_status_that_cannot_run_is_unknown(status, run_collector, state):
