@@ -16,7 +16,9 @@ import pytest
 import afmetrics_common as common
 import afmetrics_privacy
 from afmetrics_status import parse_range
-from conftest import COLLECTORS, collector_environment, log_lines, skip_or_fail
+from conftest import COLLECTORS, ROLE, collector_environment, log_lines, role_module, skip_or_fail
+
+afmetrics_fleet = role_module(ROLE / "filter_plugins" / "afmetrics_status.py")
 
 TOKEN = "tok-status-81c3"
 RECORD_KEYS = {"collector", "start", "end", "duration", "exit_status", "source_error", "collected", "delivered",
@@ -362,6 +364,30 @@ def test_status_json_says_the_same_for_machines(collect, status, receiver, state
     assert ssh["status"] == "OK" and ssh["last_error"] == ssh["source_error"] == "" and ssh["last_run"].endswith("Z")
     assert ssh["last_success"] == ssh["last_run"] and ssh["duration_seconds"] > 0
     assert status("--json", script="host.py").returncode == 1
+
+
+def test_fleet_check_says_endpoint_down_once_and_fails_only_nodes_that_cannot_collect(collect, status, receiver,
+                                                                                      state):
+    def node_status():
+        done = status("--json")
+        return {"_afmetrics_status_run": {"rc": done.returncode, "stdout": done.stdout, "stderr": done.stderr}}
+
+    hostvars = {}
+    assert collect().returncode == 0
+    hostvars["login01"] = node_status()
+    receiver.answer_always(503)
+    assert collect("--send-budget", "1").returncode == 1
+    hostvars["login02"] = node_status()
+    age_record(state, "host", spool_oldest_timestamp=90000)  # kept longer than spool_critical_after
+    hostvars["login03"] = node_status()
+    assert json.loads(hostvars["login03"]["_afmetrics_status_run"]["stdout"])["status"] == "CRITICAL"
+    assert collect("--send-budget", "1", collectors=("-s",), env={"PATH": "/nonexistent"}).returncode == 1
+    hostvars["login04"] = node_status()  # ssh cannot collect; host keeps its documents
+    fleet = afmetrics_fleet.afmetrics_fleet_status(hostvars, ["login0%d" % n for n in range(1, 6)])
+    assert (fleet["critical"], fleet["endpoint_down"], fleet["unanswered"]) == (
+        ["login04"], ["login02", "login03", "login04"], ["login05"])
+    assert fleet["lines"][-2:] == ["endpoint down on 3 nodes: login02, login03, login04 (documents kept for later)",
+                                   "5 nodes: 1 OK, 1 WARNING, 2 CRITICAL, 1 NO ANSWER"]
 
 
 def as_nobody(*argv, env=None):
