@@ -335,7 +335,8 @@ def test_nagios_ranges_alert_outside_their_range_or_inside_with_at(text, inside,
 
 @pytest.mark.parametrize("text", ["", "soon", "20:10", "nan", "1:2:3"])
 def test_a_bad_nagios_range_is_unknown(status, text):
-    assert status("-w", text).returncode == 3
+    done = status("-w", text)
+    assert done.returncode == 3 and "-w/--warning: %r is not a Nagios range" % text in done.stderr
 
 
 def test_status_that_cannot_run_is_unknown(status, run_collector, state):
