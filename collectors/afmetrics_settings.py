@@ -431,7 +431,10 @@ def resolve_settings(parser, settings, argv=None):
         # records without it, from the default state dir or --state-dir.
         if not (args.status and os.path.exists(config_path) and not os.access(config_path, os.R_OK)):
             raise
-        log.warning("%s: reading the run records without it", error)
+        # Expected there, and said with -v only (logging is not set up yet): Icinga shows a check's stderr with
+        # its output.
+        if args.verbose:
+            log.warning("%s: reading the run records without it", error)
         file_values = {}
     for key in sorted(set(file_values) - CONFIG_FILE_NAMES):
         log.warning("config file %s: unknown setting %r ignored", config_path, key)

@@ -417,11 +417,19 @@ def test_status_is_readable_by_a_monitoring_agents_user(run_collector, receiver,
         assert done.returncode == 0, done.stderr
         check = ["/usr/bin/python3", "-B", os.path.join(collectors, "ssh.py"), "--status"]
         done = as_nobody(*check, "--state-dir", state, env={"AFMETRICS_CONFIG": config})
-        assert done.returncode == 0
+        assert (done.returncode, done.stderr) == (0, "")  # Icinga would show stderr with the status
         assert done.stdout.startswith("OK ssh:")
+        done = as_nobody(*check, "-v", "--state-dir", state, env={"AFMETRICS_CONFIG": config})
         assert log_lines(done.stderr) == [
             "WARNING:afmetrics:cannot read config file %s: Permission denied: reading the run records without it"
             % config]
+        # A collector the check names that never ran is dated by the config file, which the agent may stat.
+        written = time.time() - 901
+        os.utime(config, (written, written))
+        done = as_nobody("/usr/bin/python3", "-B", os.path.join(collectors, "condor.py"), "--status", "--state-dir",
+                         state, env={"AFMETRICS_CONFIG": config})
+        assert done.returncode == 2
+        assert done.stdout.startswith("CRITICAL condor: configured 15 min ago and no run for over 900 s: ")
         os.chmod(state, 0o700)
         done = as_nobody(*check, "--state-dir", state)
         assert (done.returncode, done.stdout) == (3, "UNKNOWN: cannot read state dir %s: Permission denied\n" % state)
