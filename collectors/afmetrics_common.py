@@ -315,7 +315,8 @@ def record_usage_error(modules, opts, started, message):
     except UsageError:  # the umbrella with no collector chosen: none to record it for
         return
     state = StateDir(opts.state_dir, log)
-    if not chosen or not os.path.isdir(state.path):  # a state dir that cannot be made is the error itself
+    # A state dir that cannot be made or written is the error itself.
+    if not chosen or not os.path.isdir(state.path) or not os.access(state.path, os.W_OK | os.X_OK):
         return
     for module in chosen:
         try:
