@@ -25,10 +25,10 @@ from afmetrics_settings import (COLLECTOR_SETTINGS, COMMON_SETTINGS, KUBERNETES_
                                 __version__, add_common_arguments, add_exclude_owner_argument,
                                 add_jupyter_pending_argument, resolve_settings, settings_despite_error,
                                 warn_about_visible_secrets)
-from afmetrics_record import EXIT_USAGE, LastError, load_record, recorded_collectors, save_record, save_usage_error
+from afmetrics_record import EXIT_USAGE, LastError, save_record, save_usage_error
 from afmetrics_state import Spool, StateDir, iso_timestamp, this_boot
-from afmetrics_status import UNKNOWN as STATUS_UNKNOWN, Collector, Limits, range_of_seconds, status_report, \
-    write_textfile
+from afmetrics_status import UNKNOWN as STATUS_UNKNOWN, Limits, node_collectors, range_of_seconds, status_report, \
+    update_textfile
 
 __all__ = ["COLLECTOR_SETTINGS", "COMMON_SETTINGS", "IN_UTC", "KUBERNETES_SERVICEACCOUNT_DIR", "SourceError",
            "UsageError", "__version__", "add_exclude_owner_argument", "add_jupyter_pending_argument",
@@ -248,60 +248,6 @@ def keep_record(run, started, status, collection, delivered, last_error):
         return EXIT_FAILED
     update_textfile(run.opts, run.state, run.log, run.deadline)
     return status
-
-
-def configured_at(opts):
-    """When the collectors of the config file were configured: the file's last change (Unix seconds; None without
-    a config file). The file's mtime needs no run and no writer (cron may never have run one, a monitoring agent
-    cannot write the state dir), and every user can stat it where only the run user may read it; an edit for
-    another reason restarts the wait, by at most stale_after, and only for a collector that never ran."""
-    try:
-        return os.stat(opts.config_path).st_mtime if opts.config_path else None
-    except OSError:
-        return None
-
-
-def node_collectors(opts, state, names=None):
-    """{name: Collector} of names (None: the configured collectors, then every other one with a record), each
-    dated by configured_at() when configured or asked about by name; OSError when the state dir cannot be
-    listed."""
-    recorded = recorded_collectors(state)
-    if names is None:
-        names = list(opts.collectors) + [name for name in recorded if name not in opts.collectors]
-        dated = set(opts.collectors)
-    else:
-        dated = set(names)
-    since = configured_at(opts)
-    collectors = {}
-    for name in names:
-        try:
-            spool_bytes = os.stat(state.file("spool-%s.jsonl" % name)).st_size
-        except OSError:
-            spool_bytes = None
-        collectors[name] = Collector(load_record(state, name) if name in recorded else None,
-                                     since if name in dated else None, spool_bytes)
-    return collectors
-
-
-def update_textfile(opts, state, logger, deadline):
-    """Rewrite the node_exporter textfile (when textfile_dir is set) from every collector's record and the
-    configured collectors; errors are logged."""
-    if not opts.textfile_dir:
-        return
-    try:
-        # Two collectors' runs must not lose each other's records; a run that holds the lock for longer than
-        # this one's budget must not keep it (and its own lock, and the next cron runs) waiting.
-        lock = state.try_lock("textfile", until=deadline)
-        if lock is None:
-            logger.error("cannot write the node_exporter textfile: another run held its lock until the run "
-                         "budget of %g s was used up", opts.run_budget)
-            return
-        with lock:
-            collectors = node_collectors(opts, state)
-            write_textfile(opts.textfile_dir, {name: collector for name, collector in collectors.items()
-                                               if collector.record or collector.configured_at is not None})
-    except OSError as error:
-        logger.error("cannot write the node_exporter textfile: %s: %s", error.strerror, error.filename)
 
 
 def record_usage_error(modules, opts, started, message):

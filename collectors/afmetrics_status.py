@@ -17,7 +17,8 @@ the worst, followed on that line by " | " and the performance data of every coll
 crit;min;max: ages in s, the spool's size in B, as Icinga and Checkmk parse them); or a JSON object. Its exit
 status is the worst state, CRITICAL before UNKNOWN before WARNING. The text holds no other "|". prometheus_text()
 renders the records in the text exposition format, one series per collector, a configured one without a record
-included (last success 0).
+included (last success 0); update_textfile() rewrites the file from the state dir. node_collectors() gathers what
+both need from the state dir and the config file.
 """
 import collections
 import datetime
@@ -26,7 +27,7 @@ import math
 import os
 import time
 
-from afmetrics_record import EXIT_USAGE, OUTCOMES
+from afmetrics_record import EXIT_USAGE, OUTCOMES, load_record, recorded_collectors
 from afmetrics_state import write_atomically
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -274,3 +275,57 @@ def prometheus_text(collectors):
 def write_textfile(directory, collectors):
     """Replace DIRECTORY/afmetrics.prom atomically (node_exporter never reads half a file); raises OSError."""
     write_atomically(os.path.join(directory, TEXTFILE), prometheus_text(collectors))
+
+
+def configured_at(opts):
+    """When the collectors of the config file were configured: the file's last change (Unix seconds; None without
+    a config file). The file's mtime needs no run and no writer (cron may never have run one, a monitoring agent
+    cannot write the state dir), and every user can stat it where only the run user may read it; an edit for
+    another reason restarts the wait, by at most stale_after, and only for a collector that never ran."""
+    try:
+        return os.stat(opts.config_path).st_mtime if opts.config_path else None
+    except OSError:
+        return None
+
+
+def node_collectors(opts, state, names=None):
+    """{name: Collector} of names (None: the configured collectors, then every other one with a record), each
+    dated by configured_at() when configured or asked about by name; OSError when the state dir cannot be
+    listed."""
+    recorded = recorded_collectors(state)
+    if names is None:
+        names = list(opts.collectors) + [name for name in recorded if name not in opts.collectors]
+        dated = set(opts.collectors)
+    else:
+        dated = set(names)
+    since = configured_at(opts)
+    collectors = {}
+    for name in names:
+        try:
+            spool_bytes = os.stat(state.file("spool-%s.jsonl" % name)).st_size
+        except OSError:
+            spool_bytes = None
+        collectors[name] = Collector(load_record(state, name) if name in recorded else None,
+                                     since if name in dated else None, spool_bytes)
+    return collectors
+
+
+def update_textfile(opts, state, logger, deadline):
+    """Rewrite the node_exporter textfile (when textfile_dir is set) from every collector's record and the
+    configured collectors; errors are logged."""
+    if not opts.textfile_dir:
+        return
+    try:
+        # Two collectors' runs must not lose each other's records; a run that holds the lock for longer than
+        # this one's budget must not keep it (and its own lock, and the next cron runs) waiting.
+        lock = state.try_lock("textfile", until=deadline)
+        if lock is None:
+            logger.error("cannot write the node_exporter textfile: another run held its lock until the run "
+                         "budget of %g s was used up", opts.run_budget)
+            return
+        with lock:
+            collectors = node_collectors(opts, state)
+            write_textfile(opts.textfile_dir, {name: collector for name, collector in collectors.items()
+                                               if collector.record or collector.configured_at is not None})
+    except OSError as error:
+        logger.error("cannot write the node_exporter textfile: %s: %s", error.strerror, error.filename)
