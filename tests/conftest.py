@@ -1,4 +1,5 @@
 """Shared fixtures: paths, a real HTTPS receiver, and the collectors run as cron runs them."""
+import importlib.util
 import json
 import os
 import pathlib
@@ -16,6 +17,7 @@ from receiver import Receiver
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 COLLECTORS = REPO / "collectors"
+ROLE = REPO / "roles" / "afmetrics_collector"
 # Real HTCondor outputs (tests/htcondor-captures/README.md says how they were made).
 CAPTURES = REPO / "tests" / "htcondor-captures"
 CONDOR_VERSIONS = ["trixie-htcondor-23.9.6", "sid-htcondor-25.14.1"]
@@ -24,6 +26,15 @@ CONDOR_VERSIONS = ["trixie-htcondor-23.9.6", "sid-htcondor-25.14.1"]
 IN_CI = os.environ.get("CI") == "true"
 
 sys.path.insert(0, str(COLLECTORS))
+
+
+def role_module(path):
+    """A module of the role, loaded from its file: the role's directories never go on sys.path, where its
+    filter plugin afmetrics_status would hide the collectors' module of that name."""
+    spec = importlib.util.spec_from_file_location("role_" + path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def skip_or_fail(reason):
