@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -58,6 +59,31 @@ def installed(program, package):
     if done.returncode != 0 or not found:
         skip_or_fail("apt-get install %s failed: %s" % (package, (done.stderr.strip().splitlines() or ["?"])[-1]))
     return found
+
+
+def debian_package(package, cache):
+    """The files of Debian's PACKAGE, unpacked once into the directory CACHE (apt-get download, dpkg-deb) without
+    installing it: no service of its own starts, nothing on the machine changes. CACHE when that is done."""
+    cache = pathlib.Path(cache)
+    if (cache / ".unpacked").exists():
+        return cache
+    if not shutil.which("apt-get"):
+        skip_or_fail("%s is not unpacked in %s and there is no apt-get to fetch it" % (package, cache))
+    with tempfile.TemporaryDirectory() as directory:
+        done = apt_get("download", package, cwd=directory)
+        if done.returncode != 0 and os.geteuid() == 0:  # package lists missing or stale
+            apt_get("update")
+            done = apt_get("download", package, cwd=directory)
+        debs = list(pathlib.Path(directory).glob(package + "_*.deb"))
+        if done.returncode != 0 or not debs:
+            skip_or_fail("apt-get download %s failed: %s" % (package, (done.stderr.strip().splitlines() or ["?"])[-1]))
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(cache)], check=True)
+            (cache / ".unpacked").touch()
+        except (OSError, subprocess.CalledProcessError) as error:
+            skip_or_fail("cannot unpack %s into %s: %s" % (package, cache, error))
+    return cache
 
 
 def json_lines(path):
