@@ -1,4 +1,5 @@
 """Shared fixtures: paths, a real HTTPS receiver, and the collectors run as cron runs them."""
+import importlib.util
 import json
 import os
 import pathlib
@@ -59,6 +60,16 @@ def installed(program, package):
     if done.returncode != 0 or not found:
         skip_or_fail("apt-get install %s failed: %s" % (package, (done.stderr.strip().splitlines() or ["?"])[-1]))
     return found
+
+
+def role_module(path):
+    """A module of the role (a filter plugin, a file it runs on the node), loaded from its file: the role's
+    directories never go on sys.path, where its filter plugin afmetrics_status would hide the collectors' module
+    of that name."""
+    spec = importlib.util.spec_from_file_location("role_" + path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def debian_package(package, cache):
