@@ -11,6 +11,9 @@ queue is empty, and then to MARGIN seconds before now (clocks of the login node 
 the jobs reported from inside the window are remembered, so that none is reported twice. The cursor moves only
 after the documents were delivered or spooled, never in a debug run.
 
+Slurm's PrivateData=jobs shows a user other than root, the SlurmUser or an operator only its own jobs, without an
+error: a run as such a user says so in one warning line, with what to do.
+
 Example: python3 collectors/slurm.py -d -v --slurm-queue all: --slurm-queue short:short \
     --slurm-jupyter 'ood:name:sys/dashboard/sys/[^/]*jupyter'
 """
