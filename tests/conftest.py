@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -26,15 +27,6 @@ CONDOR_VERSIONS = ["trixie-htcondor-23.9.6", "sid-htcondor-25.14.1"]
 IN_CI = os.environ.get("CI") == "true"
 
 sys.path.insert(0, str(COLLECTORS))
-
-
-def role_module(path):
-    """A module of the role, loaded from its file: the role's directories never go on sys.path, where its
-    filter plugin afmetrics_status would hide the collectors' module of that name."""
-    spec = importlib.util.spec_from_file_location("role_" + path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def skip_or_fail(reason):
@@ -69,6 +61,41 @@ def installed(program, package):
     if done.returncode != 0 or not found:
         skip_or_fail("apt-get install %s failed: %s" % (package, (done.stderr.strip().splitlines() or ["?"])[-1]))
     return found
+
+
+def role_module(path):
+    """A module of the role (a filter plugin, a file it runs on the node), loaded from its file: the role's
+    directories never go on sys.path, where its filter plugin afmetrics_status would hide the collectors' module
+    of that name."""
+    spec = importlib.util.spec_from_file_location("role_" + path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def debian_package(package, cache):
+    """The files of Debian's PACKAGE, unpacked once into the directory CACHE (apt-get download, dpkg-deb) without
+    installing it: no service of its own starts, nothing on the machine changes. CACHE when that is done."""
+    cache = pathlib.Path(cache)
+    if (cache / ".unpacked").exists():
+        return cache
+    if not shutil.which("apt-get"):
+        skip_or_fail("%s is not unpacked in %s and there is no apt-get to fetch it" % (package, cache))
+    with tempfile.TemporaryDirectory() as directory:
+        done = apt_get("download", package, cwd=directory)
+        if done.returncode != 0 and os.geteuid() == 0:  # package lists missing or stale
+            apt_get("update")
+            done = apt_get("download", package, cwd=directory)
+        debs = list(pathlib.Path(directory).glob(package + "_*.deb"))
+        if done.returncode != 0 or not debs:
+            skip_or_fail("apt-get download %s failed: %s" % (package, (done.stderr.strip().splitlines() or ["?"])[-1]))
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(cache)], check=True)
+            (cache / ".unpacked").touch()
+        except (OSError, subprocess.CalledProcessError) as error:
+            skip_or_fail("cannot unpack %s into %s: %s" % (package, cache, error))
+    return cache
 
 
 def json_lines(path):
