@@ -52,7 +52,8 @@ TEST_EXTRA :=
 
 test: unit vermin $(TEST_EXTRA)
 
-unit: $(STAMP)
+# tests/test_collection.py builds the Ansible collection: ansible-galaxy from requirements-ansible.txt.
+unit: $(STAMP) $(ANSIBLE_STAMP)
 	$(PY) -m pytest -q tests
 
 # Collectors must run on EL9's Python 3.9.
