@@ -106,6 +106,22 @@ def test_a_sites_playbook_names_the_role_by_its_full_name(site):
     assert done.returncode == 0 and "afmetrics_pip_wheels" in done.stdout, done.stderr
 
 
+def test_a_git_url_installs_the_same_collection(checkout_copy, site, tmp_path):
+    """git+URL,VERSION: ansible-galaxy clones the repository and builds the collection from its galaxy.yml."""
+    for argv in (["init", "-q", "-b", "main"], ["add", "-A"],
+                 ["-c", "user.name=t", "-c", "user.email=t@example.edu", "commit", "-q", "-m", "release"]):
+        done = subprocess.run(["git", "-C", str(checkout_copy)] + argv, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    installed = tmp_path / "installed"
+    done = ansible("ansible-galaxy", "collection", "install", "--force", "-p", installed,
+                   "git+file://%s/.git,main" % checkout_copy, cwd=tmp_path, env={"ANSIBLE_COLLECTIONS_PATH": str(installed)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    from_git = installed / "ansible_collections" / "atlas_analytics" / "afmetrics"
+    from_file = site / "installed" / "ansible_collections" / "atlas_analytics" / "afmetrics"
+    assert sorted(path.relative_to(from_git) for path in from_git.rglob("*") if path.name != "MANIFEST.json") == \
+        sorted(path.relative_to(from_file) for path in from_file.rglob("*") if path.name != "MANIFEST.json")
+
+
 def test_without_the_collection_the_playbook_does_not_find_the_role(site, tmp_path):
     done = ansible("ansible-playbook", "--syntax-check", "-i", "hosts.yml", "site.yml", cwd=site,
                    env={"ANSIBLE_COLLECTIONS_PATH": str(tmp_path)})

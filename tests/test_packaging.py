@@ -11,7 +11,6 @@ import email.parser
 import os
 import pathlib
 import re
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -309,19 +308,6 @@ def python39():
     if not found:
         skip_or_fail("no Python 3.9 on this machine (set PYTHON39)")
     return run([found, "-c", "import sys; print(sys.executable)"]).stdout.strip()
-
-
-@pytest.fixture(scope="module")
-def checkout_copy(tmp_path_factory):
-    """The checkout's tracked files as they are now, in a new directory: make there leaves the checkout alone."""
-    copy = tmp_path_factory.mktemp("checkout")
-    listed = run(["git", "-C", REPO, "ls-files", "-z"])
-    assert listed.returncode == 0, listed.stderr
-    for name in filter(None, listed.stdout.split("\0")):
-        if (REPO / name).is_file():  # not a file deleted and not yet committed
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, copy / name)
-    return copy
 
 
 def test_make_run_and_make_wheel_on_python_3_9_need_only_the_runtime_dependencies(python39, checkout_copy,
