@@ -3,8 +3,9 @@
 The wheel that `pip install .` builds (made by `make wheel`, mk/package.mk) is installed into a fresh venv with
 its dependencies from the package index, as a site would, and every command it installs runs in debug mode
 there, away from the checkout. `make run` runs on this machine as a newcomer's would, with and without condor_q
-and a way into Kubernetes. About 40 s, most of it pip installing requests, psutil and kubernetes into the new
-venv. AFMETRICS_PACKAGE_PYTHON names another interpreter for that venv (e.g. a Python 3.9).
+and a way into Kubernetes, and with EL9's Python 3.9 in a copy of the checkout (its own .venv, only the runtime
+dependencies), where `make wheel` runs too. About 50 s, most of it pip installing requests, psutil and kubernetes
+into the new venvs. AFMETRICS_PACKAGE_PYTHON names another interpreter for the wheel's venv (e.g. a Python 3.9).
 """
 import configparser
 import email.parser
