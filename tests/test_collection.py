@@ -106,6 +106,28 @@ def test_a_sites_playbook_names_the_role_by_its_full_name(site):
     assert done.returncode == 0 and "afmetrics_pip_wheels" in done.stdout, done.stderr
 
 
+def role_filters():
+    """The filters the role's filter_plugins/ define (FilterModule.filters: {"NAME": function})."""
+    return sorted({name for path in (REPO / "roles" / "afmetrics_collector" / "filter_plugins").glob("*.py")
+                   for name in re.findall(r'"(afmetrics_\w+)": afmetrics_\w+', path.read_text())})
+
+
+def test_the_collection_has_the_roles_filters(site):
+    """A role in a collection loads no filter_plugins/ of its own: its filters must be the collection's
+    (plugins/filter, a link to the role's directory), where its tasks find them by their short names."""
+    assert len(role_filters()) >= 9
+    # Called on nothing: a filter may refuse that input, but it must be found.
+    tasks = "".join('    - ansible.builtin.debug:\n        msg: "{{ none | %s.%s }}"\n      ignore_errors: true\n'
+                    % (ROLE.rsplit(".", 1)[0], name) for name in role_filters())
+    (site / "filters.yml").write_text("---\n- name: Filters\n  hosts: localhost\n  gather_facts: false\n"
+                                      "  tasks:\n" + tasks)
+    done = ansible("ansible-playbook", "-c", "local", "-i", "localhost,", "filters.yml", cwd=site,
+                   env={"ANSIBLE_COLLECTIONS_PATH": str(site / "installed")})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "No filter named" not in done.stdout + done.stderr, done.stdout
+    assert len(re.findall(r"^TASK \[", done.stdout, re.M)) == len(role_filters())
+
+
 def test_a_git_url_installs_the_same_collection(checkout_copy, site, tmp_path):
     """git+URL,VERSION: ansible-galaxy clones the repository and builds the collection from its galaxy.yml."""
     for argv in (["init", "-q", "-b", "main"], ["add", "-A"],
