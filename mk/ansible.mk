@@ -1,5 +1,6 @@
 # The Ansible role: ansible-lint (production profile) and Molecule on disposable Debian 11, 12 and 13 containers.
-# Their tools come from requirements-ansible.txt, installed into the project venv only for these targets.
+# Their tools come from requirements-ansible.txt, installed into the project venv for these targets and `make unit`
+# (tests/test_collection.py).
 .PHONY: lint-ansible molecule collection
 
 ANSIBLE_STAMP := $(VENV)/.installed-ansible
@@ -20,8 +21,8 @@ molecule: $(ANSIBLE_STAMP)
 TEST_EXTRA += lint-ansible molecule
 
 # The role as the collection atlas_analytics.afmetrics (galaxy.yml says what goes in and why):
-# $(COLLECTION_DIR)/atlas_analytics-afmetrics-VERSION.tar.gz, for `ansible-galaxy collection install`. Nothing is
-# written into the checkout. tests/test_collection.py (part of `make unit`, which therefore installs
+# $(COLLECTION_DIR)/atlas_analytics-afmetrics-VERSION.tar.gz, for `ansible-galaxy collection install`; nothing
+# else is written into the checkout. tests/test_collection.py (part of `make unit`, which therefore installs
 # requirements-ansible.txt too) builds and installs it and checks a site's playbook that names the role by its
 # full name; molecule/wheels converges with it.
 COLLECTION_DIR ?= dist
