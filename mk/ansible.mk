@@ -24,7 +24,7 @@ TEST_EXTRA += lint-ansible molecule
 # $(COLLECTION_DIR)/atlas_analytics-afmetrics-VERSION.tar.gz, for `ansible-galaxy collection install`; nothing
 # else is written into the checkout. tests/test_collection.py (part of `make unit`, which therefore installs
 # requirements-ansible.txt too) builds and installs it and checks a site's playbook that names the role by its
-# full name; molecule/wheels converges with it.
+# full name.
 COLLECTION_DIR ?= dist
 
 collection: $(ANSIBLE_STAMP)

@@ -2,7 +2,7 @@
 
 The collection `make collection` builds is installed with ansible-galaxy into a collections path of its own, as a
 site's controller installs it without this checkout, and a site's playbook that names the role by its full name
-passes ansible-playbook's syntax check there (molecule/wheels converges a node with it). The role takes the
+passes ansible-playbook's syntax check there, and the role's filters are the collection's. The role takes the
 collectors and requirements files from its collection's root: the collection must carry the checkout's own.
 ansible-galaxy and ansible-playbook are requirements-ansible.txt's, which `make unit` installs. About 10 s.
 """
