@@ -308,3 +308,17 @@ def jobs_by_id_of_kind(documents, kind):
 
 
 pytest_plugins = ["k8s_standin", "condor_pool", "slurm_cluster", "proxy", "promtool"]
+
+
+@pytest.fixture(scope="module")
+def checkout_copy(tmp_path_factory):
+    """The checkout's tracked files as they are now (symlinks as symlinks), in a new directory: what runs there
+    leaves the checkout alone."""
+    copy = tmp_path_factory.mktemp("checkout")
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    for name in filter(None, listed.stdout.split("\0")):
+        if (REPO / name).is_symlink() or (REPO / name).is_file():  # not a file deleted and not yet committed
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, copy / name, follow_symlinks=False)
+    return copy
