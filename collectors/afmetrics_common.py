@@ -23,17 +23,19 @@ from afmetrics_delivery import TOO_LARGE, Delivery, endpoint_key, network_failur
 from afmetrics_privacy import UnresolvedName, UserFilter, host_name, login_node
 from afmetrics_settings import (COLLECTOR_SETTINGS, COMMON_SETTINGS, KUBERNETES_SERVICEACCOUNT_DIR, UsageError,
                                 __version__, add_common_arguments, add_exclude_owner_argument,
-                                add_jupyter_pending_argument, resolve_settings,
+                                add_jupyter_pending_argument, resolve_settings, settings_despite_error,
                                 warn_about_visible_secrets)
-from afmetrics_record import LastError, load_record, recorded_collectors, save_record
+from afmetrics_record import EXIT_USAGE, LastError, save_record, save_usage_error
 from afmetrics_state import Spool, StateDir, iso_timestamp, this_boot
-from afmetrics_status import UNKNOWN as STATUS_UNKNOWN, status_report, write_textfile
+from afmetrics_status import UNKNOWN as STATUS_UNKNOWN, Limits, node_collectors, range_of_seconds, status_report, \
+    update_textfile
 
 __all__ = ["COLLECTOR_SETTINGS", "COMMON_SETTINGS", "IN_UTC", "KUBERNETES_SERVICEACCOUNT_DIR", "SourceError",
            "UsageError", "__version__", "add_exclude_owner_argument", "add_jupyter_pending_argument",
-           "jupyter_document", "main", "network_failure", "script_main", "this_boot"]
+           "finish_command", "jupyter_document", "main", "network_failure", "script_main", "start_command",
+           "this_boot"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED = 0, 1
 
 log = logging.getLogger("afmetrics")
 
@@ -69,22 +71,53 @@ def setup_logging(verbosity, log_file=""):
 IN_UTC = {"TZ": "UTC0"}
 
 
-def run_command(argv, timeout, env=None):
-    """Run a command, with the variables of env added to this process's environment, and return its stdout; any
-    failure becomes a one-line SourceError."""
+# SIGKILL takes effect when a process leaves the kernel: at once from a killable wait (a command's own, an NFS
+# hard mount's RPC, a FUSE request its server has not read yet), never from the wait for a FUSE request the server
+# read and does not answer (request_wait_answer in torvalds/linux fs/fuse/dev.c). A killed child gets this long to
+# end; one that does not is left behind, never waited for: the wait would be as long as the file system's.
+KILL_GRACE_SECONDS = 1.0
+
+
+def start_command(argv, env=None):
+    """Start a command, with the variables of env added to this process's environment, stdout and stderr piped,
+    no stdin and none of this process's other descriptors (a collector's lock among them: a child that outlives
+    the run must not hold it); a one-line SourceError when it cannot start."""
     try:
-        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
-                              stdin=subprocess.DEVNULL, env=dict(os.environ, **env) if env else None)
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                env=dict(os.environ, **env) if env else None, close_fds=True)
     except FileNotFoundError:
         raise SourceError("%s not found on PATH" % argv[0])
-    except subprocess.TimeoutExpired:
-        raise SourceError("%s did not answer within %g s" % (argv[0], timeout))
     except OSError as error:
         raise SourceError("cannot run %s: %s" % (argv[0], error.strerror))
-    if done.returncode != 0:
-        message = " ".join(done.stderr.decode("utf-8", "replace").split()) or "no error message"
-        raise SourceError("%s failed (exit %d): %s" % (argv[0], done.returncode, message[:300]))
-    return done.stdout.decode("utf-8", "replace")
+
+
+def finish_command(process, timeout, since):
+    """The stdout of a command start_command started, once it ended within timeout seconds of since (a
+    time.monotonic() value); any failure becomes a one-line SourceError. One still running then is killed and
+    given KILL_GRACE_SECONDS to end; if it has not, process.returncode stays None: it is stuck in the kernel."""
+    name = process.args[0]
+    try:
+        stdout, stderr = process.communicate(timeout=max(0.0, since + timeout - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        process.kill()
+        for pipe in (process.stdout, process.stderr):
+            pipe.close()
+        try:
+            process.wait(KILL_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            pass
+        raise SourceError("%s did not answer within %g s" % (name, timeout))
+    if process.returncode != 0:
+        message = " ".join(stderr.decode("utf-8", "replace").split()) or "no error message"
+        raise SourceError("%s failed (exit %d): %s" % (name, process.returncode, message[:300]))
+    return stdout.decode("utf-8", "replace")
+
+
+def run_command(argv, timeout, env=None):
+    """Run a command, with the variables of env added to this process's environment, and return its stdout; any
+    failure, and not ending within timeout seconds, becomes a one-line SourceError."""
+    since = time.monotonic()
+    return finish_command(start_command(argv, env), timeout, since)
 
 
 def jupyter_document(name, users):
@@ -207,7 +240,9 @@ def collect_and_deliver(module, opts, users, delivery, deadline):
         run.log.error("cannot lock: %s: %s", error.strerror, error.filename)
         return EXIT_FAILED
     if lock is None:
-        run.log.warning("previous %s run still going: this run skipped", module.NAME)
+        holder = run.state.lock_holder(module.NAME)
+        run.log.warning("previous %s run still going%s: this run skipped", module.NAME,
+                        " (%s)" % holder if holder else "")
         return EXIT_OK
     with lock:
         run.state.sweep_temporaries()
@@ -245,21 +280,30 @@ def keep_record(run, started, status, collection, delivered, last_error):
     except OSError as error:
         run.log.error("cannot write the run record: %s: %s", error.strerror, error.filename)
         return EXIT_FAILED
-    if run.opts.textfile_dir:
-        try:
-            # Two collectors' runs must not lose each other's records; a run that holds the lock for longer than
-            # this one's budget must not keep it (and its own lock, and the next cron runs) waiting.
-            lock = run.state.try_lock("textfile", until=run.deadline)
-            if lock is None:
-                run.log.error("cannot write the node_exporter textfile: another run held its lock until the run "
-                              "budget of %g s was used up", run.opts.run_budget)
-                return status
-            with lock:
-                records = {name: load_record(run.state, name) for name in recorded_collectors(run.state)}
-                write_textfile(run.opts.textfile_dir, {name: value for name, value in records.items() if value})
-        except OSError as error:
-            run.log.error("cannot write the node_exporter textfile: %s: %s", error.strerror, error.filename)
+    update_textfile(run.opts, run.state, run.log, run.deadline)
     return status
+
+
+def record_usage_error(modules, opts, started, message):
+    """A real run that ended in a usage or configuration error (message) leaves it in the record of each collector
+    it was to run, and in the textfile, so that --status and node_exporter show it at once. opts: the settings as
+    far as they go (settings_despite_error)."""
+    if opts is None or opts.status or opts.debug:
+        return
+    try:
+        chosen = modules(opts) if callable(modules) else modules
+    except UsageError:  # the umbrella with no collector chosen: none to record it for
+        return
+    state = StateDir(opts.state_dir, log)
+    # A state dir that cannot be made or written is the error itself.
+    if not chosen or not os.path.isdir(state.path) or not os.access(state.path, os.W_OK | os.X_OK):
+        return
+    for module in chosen:
+        try:
+            save_usage_error(state, module.NAME, started, message)
+        except OSError as error:
+            log.error("cannot write the run record: %s: %s", error.strerror, error.filename)
+    update_textfile(opts, state, log, started[1] + opts.run_budget)
 
 
 # What became of a run's documents: delivered, spooled (this run's, kept for the next), refused (by the endpoint,
@@ -373,21 +417,27 @@ def run_collectors(modules, opts, started):
 
 
 def show_status(names, opts):
-    """--status: one line (or JSON) per collector named (None: every collector with a record) from its record;
-    returns the Nagios exit status."""
+    """--status: one line (or JSON) per collector named (None: the configured ones and every other with a
+    record) from its record; returns the Nagios exit status."""
     state = StateDir(opts.state_dir, log)
     if not os.path.isdir(state.path):
         print("UNKNOWN: no collector has run yet (no state dir %s)" % state.path)
         return STATUS_UNKNOWN
     try:
-        recorded = recorded_collectors(state)
+        collectors = node_collectors(opts, state, names)
     except OSError as error:
         print("UNKNOWN: cannot read state dir %s: %s" % (state.path, error.strerror))
         return STATUS_UNKNOWN
-    text, status = status_report({name: load_record(state, name) for name in (recorded if names is None else names)},
-                                 time.time(), opts.stale_after, opts.json)
+    limits = Limits(opts.warning, opts.critical or range_of_seconds(opts.stale_after), opts.spool_critical_after)
+    text, status = status_report(collectors, time.time(), limits, opts.json)
     print(text)
     return status
+
+
+def as_check_arguments(argv):
+    """argv of --status with -c meaning --critical, as in every Nagios plugin (the cluster means nothing there)."""
+    return ["--critical" if arg == "-c" else "--critical=" + arg[2:] if arg.startswith("-c") and len(arg) > 2
+            else arg for arg in argv]
 
 
 def main(modules, parser, settings, argv=None):
@@ -395,9 +445,13 @@ def main(modules, parser, settings, argv=None):
     --status, a check that cannot run (bad options, a config it cannot use) exits 3 UNKNOWN, as plugins do.
     modules: a list, or a function of the options giving one (None for --status: every collector that ran)."""
     started = time.monotonic()
+    began = time.time(), started
     argv = sys.argv[1:] if argv is None else argv
     usage_error = STATUS_UNKNOWN if "--status" in argv else EXIT_USAGE
+    if "--status" in argv:
+        argv = as_check_arguments(argv)
     setup_logging(0)
+    opts = None
     try:
         opts = resolve_settings(parser, settings, argv)
         # --status runs as a monitoring agent's user, who may not write the collectors' log: stderr then.
@@ -412,6 +466,8 @@ def main(modules, parser, settings, argv=None):
         return run_collectors(selected, opts, started)
     except UsageError as error:
         log.error("%s", error)
+        if usage_error == EXIT_USAGE:
+            record_usage_error(modules, opts or settings_despite_error(parser, settings, argv), began, str(error))
         return usage_error
     except SystemExit as error:  # argparse's own usage errors; --help and --version exit 0
         return usage_error if error.code == EXIT_USAGE else error.code

@@ -6,7 +6,8 @@ A record is a JSON object: collector, start and end (Unix seconds), duration (se
 a clock stepped during the run does not change it), exit_status, source_error (the first line of a source that
 failed, "" when none did), the document counts of OUTCOMES, spool_documents, spool_oldest_timestamp (Unix seconds
 or null), last_error (the run's last ERROR line, "" when none) and last_success (end of the newest run that
-exited 0, carried from run to run; null until one did).
+exited 0, carried from run to run; null until one did). A run that ends in a usage or configuration error has
+exit_status 2, its one line as last_error, no documents, and the spool as the previous record left it.
 """
 import logging
 import math
@@ -15,6 +16,7 @@ import os
 import re
 import time
 
+EXIT_USAGE = 2  # the exit status of a usage or configuration error (SPEC.md)
 RECORD_FILE = "last-run-%s.json"
 RECORD_PATTERN = re.compile(r"^last-run-([A-Za-z0-9_]+)\.json$")
 OUTCOMES = ("collected", "delivered", "spooled", "refused", "dropped")
@@ -77,3 +79,11 @@ def save_record(state, name, started, exit_status, counts, spool_oldest, source_
                   last_success=ended if exit_status == 0 else previous.get("last_success"))
     state.save(RECORD_FILE % name, record)
     return record
+
+
+def save_usage_error(state, name, started, message):
+    """Write the record of a run that ended in a usage or configuration error (message: its one line); raises
+    OSError."""
+    previous = load_record(state, name) or {}
+    counts = dict({outcome: 0 for outcome in OUTCOMES}, spool_documents=previous.get("spool_documents", 0))
+    return save_record(state, name, started, EXIT_USAGE, counts, previous.get("spool_oldest_timestamp"), "", message)

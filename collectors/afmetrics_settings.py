@@ -3,6 +3,7 @@
 resolve_settings() merges them in the order SPEC.md gives (command line > environment > file > default) and
 raises UsageError with one line for anything it cannot use; nothing here runs a collector.
 """
+import argparse
 import collections
 import configparser
 import logging
@@ -83,6 +84,11 @@ COMMON_SETTINGS = [
     Setting("run_budget", "number", 240.0),
     Setting("splay", "number", 0.0),
     Setting("stale_after", "number", 900.0),
+    # The collectors this node runs (the names their records carry: ssh, condor, slurm, jupyter, host), so that
+    # one that never ran is missed rather than unknown.
+    Setting("collectors", "words", []),
+    # Documents kept this long for an endpoint that does not take them make --status CRITICAL, not WARNING.
+    Setting("spool_critical_after", "number", 21600.0),
     Setting("textfile_dir", "str", ""),
     Setting("spool_max_documents", "int", 100000),
     Setting("spool_max_age_hours", "number", 168.0),
@@ -150,6 +156,15 @@ CONFIG_FILE_NAMES = {setting.name for settings in [COMMON_SETTINGS, *COLLECTOR_S
                      for setting in settings}
 
 
+def status_range(text):
+    from afmetrics_status import parse_range  # here: afmetrics_status needs this module, through afmetrics_state
+
+    try:
+        return parse_range(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a Nagios range (10, 10:, ~:10, 10:20, @10:20)" % text)
+
+
 def add_common_arguments(parser):
     # Defaults stay None so that "not given on the command line" can fall through to env, file, default.
     add = parser.add_argument
@@ -207,6 +222,15 @@ def add_common_arguments(parser):
     add("--json", action="store_true", help="with --status: the same as one JSON object")
     add("--stale-after", metavar="SECONDS", type=non_negative_number,
         help="--status is CRITICAL when no run succeeded for this long (default 900; 0: never)")
+    add("-w", "--warning", metavar="RANGE", type=status_range,
+        help="with --status: WARNING when the age of a collector's last success in seconds is outside this "
+             "Nagios range (600: above 600; default none)")
+    add("--critical", metavar="RANGE", type=status_range,
+        help="with --status (also as -c there): CRITICAL when that age is outside this range (default: "
+             "--stale-after)")
+    add("--spool-critical-after", metavar="SECONDS", type=non_negative_number,
+        help="--status is CRITICAL, not WARNING, once documents kept for an endpoint that does not take them "
+             "are this old (default 21600; 0: never)")
     add("--gzip", action="store_true", default=None,
         help="send request bodies gzip-compressed (the endpoint must take Content-Encoding: gzip)")
     add("--version", action="version", version="afmetrics " + __version__)
@@ -357,6 +381,40 @@ def check_ca_bundle(path):
         raise UsageError("ca_bundle %r: not a file name" % path)
 
 
+def merge(args, settings, config_path, file_values, lenient=False):
+    """Give args (what argparse parsed) every setting: the command line's, else the environment's, else the file's,
+    else its default; lenient: a value that cannot be used is its default instead of a UsageError."""
+    for setting in settings:
+        given = getattr(args, setting.name, None)
+        if given is not None:
+            setattr(args, setting.name, command_line_value(setting, given))
+            continue
+        try:
+            setattr(args, setting.name, configured_value(setting, config_path, file_values))
+        except UsageError:
+            if not lenient:
+                raise
+            setattr(args, setting.name, setting.default)
+    args.config_path = config_path
+    args.state_dir = args.state_dir or _default_state_dir(args.status)
+
+
+def settings_despite_error(parser, settings, argv):
+    """After resolve_settings() raised a UsageError: the settings as far as they can be used (a bad value, an
+    unreadable config file: the defaults), to record that error with; None when the command line itself is bad."""
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:
+        return None
+    config_path, explicit = config_file(args.config)
+    try:
+        file_values = read_config_file(config_path, explicit) if config_path else {}
+    except UsageError:
+        file_values = {}
+    merge(args, settings, config_path, file_values, lenient=True)
+    return args
+
+
 def resolve_settings(parser, settings, argv=None):
     """Parse argv and merge it with environment, config file and defaults (in that order of precedence).
 
@@ -373,7 +431,10 @@ def resolve_settings(parser, settings, argv=None):
         # records without it, from the default state dir or --state-dir.
         if not (args.status and os.path.exists(config_path) and not os.access(config_path, os.R_OK)):
             raise
-        log.warning("%s: reading the run records without it", error)
+        # Expected there, and said with -v only (logging is not set up yet): Icinga shows a check's stderr with
+        # its output.
+        if args.verbose:
+            log.warning("%s: reading the run records without it", error)
         file_values = {}
     for key in sorted(set(file_values) - CONFIG_FILE_NAMES):
         log.warning("config file %s: unknown setting %r ignored", config_path, key)
@@ -382,11 +443,10 @@ def resolve_settings(parser, settings, argv=None):
                                  if setting.kind == "secret" and getattr(args, setting.name, None) is not None]
     if has_password(getattr(args, "proxy", None) or ""):
         args.command_line_secrets.append("proxy")
-    for setting in settings:
-        given = getattr(args, setting.name, None)
-        setattr(args, setting.name, configured_value(setting, config_path, file_values) if given is None
-                else command_line_value(setting, given))
-    args.state_dir = args.state_dir or _default_state_dir(args.status)
+    merge(args, settings, config_path, file_values)
+    unknown = sorted(set(args.collectors) - set(COLLECTOR_SETTINGS))
+    if unknown:
+        raise UsageError("collectors: unknown %s (known: %s)" % (", ".join(unknown), ", ".join(COLLECTOR_SETTINGS)))
     if args.json and not args.status:
         raise UsageError("--json goes with --status")
     if args.splay and args.splay >= args.run_budget:

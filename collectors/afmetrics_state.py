@@ -117,6 +117,7 @@ class StateDir:
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._note_holder(handle)
                 return handle
             except OSError as error:
                 if error.errno not in (errno.EAGAIN, errno.EACCES):
@@ -127,6 +128,33 @@ class StateDir:
                 handle.close()
                 return None
             time.sleep(min(LOCK_POLL_SECONDS, left))
+
+    @staticmethod
+    def _note_holder(handle):
+        """Note this process's pid and start in the lock file it now holds, for a run that finds the lock taken
+        to name its holder (lock_holder). The lock holds without the note."""
+        note = json.dumps({"pid": os.getpid(), "since": time.time()}).encode("ascii")
+        try:
+            os.ftruncate(handle.fileno(), 0)
+            os.pwrite(handle.fileno(), note, 0)
+        except OSError:
+            pass
+
+    def lock_holder(self, name):
+        """Who holds lock name, as the holder noted it: "pid N, started TIME", or "" when that cannot be told."""
+        try:
+            directory = self.lock_directory()
+            try:
+                descriptor = os.open(name + ".lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
+            finally:
+                os.close(directory)
+            with open(descriptor, encoding="ascii") as handle:
+                note = json.load(handle)
+            if not os.path.exists("/proc/%d" % note["pid"]):  # a note a holder that writes none left in place
+                return ""
+            return "pid %d, started %s" % (note["pid"], iso_timestamp(note["since"]))
+        except (OSError, ValueError, TypeError, KeyError):
+            return ""
 
     def _open_lock_file(self, directory, name):
         """A descriptor of the lock file name in directory, open for reading and writing; made when missing,

@@ -7,10 +7,24 @@ Each interval's end, the new baseline, is stored before the interval is sent, an
 stored is not sent: the next run measures from the baseline it finds, and a stored end is one no later document
 covers again. A run whose documents can be neither delivered nor spooled puts the baseline back.
 
+No mount can hang a run. A mount whose server is gone (NFS) or whose FUSE daemon is wedged blocks statvfs, and any
+stat of its root, for as long as it stays so: the run would hold its lock for ever, every later cron run skipped.
+So each DISK mount is read by a child process of its own (realpath, then statvfs), all started together and given
+the run's timeout in all; one that has not answered by then is killed, its mount is one warning, and the other
+documents go. A child, not a thread: a thread in an uninterruptible wait keeps the process from ending (its
+parent, cron, waits for it for ever). The child is a new program (exec), not a fork: it holds none of the run's
+descriptors, the lock's among them, which a stuck fork would keep locked. SIGKILL frees a child at once from an
+NFS hard mount's wait and from a FUSE request its daemon has not read, but not from one the daemon read and never
+answers: that child stays until the file system is aborted, never waited for past a short grace, and init takes
+it when the run ends. Its pid is kept in the state dir, and later runs do not ask that mount again while it is
+there: one stuck child per mount, not one more every run.
+
 Example: python3 collectors/host.py -d -v --disk / --disk /home
 """
+import json
 import math
 import os
+import signal
 import socket
 import sys
 import time
@@ -24,8 +38,24 @@ NAME = "host"
 SETTINGS = common.COLLECTOR_SETTINGS[NAME]
 NETWORK_STATE = "network.json"
 DISKSTATS_STATE = "diskstats.json"
+STUCK_STATE = "stuck-usage-children.json"
+FSTAB = "/etc/fstab"
 ALL_INTERFACES = "all"  # no interface index: the total the baselines of earlier versions hold
 SECTOR_BYTES = 512  # /proc/diskstats counts 512-byte sectors whatever the device's sector size
+# The usage child's interpreter: the one running this, as the kernel knows it, also when the run user could not open
+# the path that started it (a hand run through setpriv) or an upgrade replaced that path meanwhile.
+PYTHON = "/proc/self/exe"
+# The usage child of one mount: the path as the kernel resolves it (a stat of each component, the mount's root among
+# them) and statvfs's figures, psutil.disk_usage's; an error is its strerror. With -I -S it reads nothing of the
+# environment, the working directory or site-packages (which may be on a mount that hangs too).
+USAGE_CHILD = """import json, os, sys
+try:
+    path = os.path.realpath(sys.argv[1])
+    usage = os.statvfs(path)
+    print(json.dumps({"path": path, "statvfs": [usage.f_frsize, usage.f_blocks, usage.f_bfree, usage.f_bavail]}))
+except OSError as error:
+    print(json.dumps({"error": error.strerror}))
+"""
 
 
 def add_arguments(parser):
@@ -73,14 +103,13 @@ def counter_deltas(previous, current):
     return None if any(delta < 0 for delta in deltas) else deltas
 
 
-def mount_source(path, partitions, realpath=os.path.realpath):
+def mount_source(path, partitions):
     """The source (the first field of /proc/self/mounts, as psutil.disk_partitions(all=True) gives it, in that
-    order) of the mount visible at path, or "" when none is.
+    order) of the mount visible at path, a path without links (as the usage child resolves it), or "" when none is.
 
     Of equally long mount points the last listed is the one on top: an autofs point is listed before the file
     system it mounts there, and a mount over a mount after the one it covers.
     """
-    path = realpath(path)
     holders = [p for p in partitions if path == p.mountpoint or path.startswith(p.mountpoint.rstrip("/") + "/")]
     return max(reversed(holders), key=lambda p: len(p.mountpoint)).device if holders else ""
 
@@ -93,19 +122,108 @@ def reported_device(source):
 
 
 def device_of(path, partitions, realpath=os.path.realpath):
-    """The kernel name (as in /proc/diskstats) of the device whose file system is visible at path, or "" when
-    unknown. A device path is resolved through its links (/dev/mapper/NAME -> ../dm-N) with realpath; a name
-    such as tmpfs or host:/export is the device as it stands.
+    """The kernel name (as in /proc/diskstats) of the device whose file system is visible at path (without
+    links), or "" when unknown. A device path is resolved through its links (/dev/mapper/NAME -> ../dm-N) with
+    realpath; a name such as tmpfs or host:/export is the device as it stands.
     """
-    device = mount_source(path, partitions, realpath)
+    device = mount_source(path, partitions)
     return os.path.basename(realpath(device)) if device.startswith("/dev/") else device
 
 
-def is_mount_point(path, partitions, realpath=os.path.realpath):
-    """Whether a file system is mounted on path itself (through its links), partitions being
+def is_mount_point(path, partitions):
+    """Whether a file system is mounted on path (without links) itself, partitions being
     psutil.disk_partitions(all=True): /proc/self/mounts, which also knows a bind mount from the same file system
     (os.path.ismount, comparing devices, does not)."""
-    return realpath(path) in {partition.mountpoint for partition in partitions}
+    return path in {partition.mountpoint for partition in partitions}
+
+
+def fstab_mount_points(text):
+    """The mount points an fstab(5) text names (its second field, octal escapes such as \\040 decoded), swap's
+    "none" left out: where a file system is meant to be mounted."""
+    points = set()
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and not fields[0].startswith("#") and fields[1].startswith("/"):
+            points.add(os.path.normpath(fields[1].encode("latin-1", "backslashreplace").decode("unicode_escape")))
+    return points
+
+
+def read_fstab():
+    """The mount points of /etc/fstab; none where it cannot be read (a container has none)."""
+    try:
+        with open(FSTAB, encoding="utf-8", errors="replace") as fstab:
+            return fstab_mount_points(fstab.read())
+    except OSError:
+        return set()
+
+
+def running_since(pid):
+    """When process pid started, in clock ticks since boot (/proc/PID/stat, proc(5): its 22nd field), or None
+    when there is no such process or it has ended (a zombie)."""
+    try:
+        with open("/proc/%d/stat" % pid, encoding="ascii", errors="replace") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()  # the name before it may hold anything
+        return None if fields[0] == "Z" else int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def still_stuck(stored):
+    """The entries of STUCK_STATE ({mount: {"pid", "start", "boot"}}) whose child is still there: the same
+    process (pid, start and boot), not ended."""
+    if not isinstance(stored, dict):
+        return {}
+    boot = common.this_boot()
+    return {mount: child for mount, child in stored.items()
+            if isinstance(child, dict) and child.get("boot") == boot and type(child.get("pid")) is int
+            and child.get("start") is not None and running_since(child["pid"]) == child["start"]}
+
+
+def stuck_for(child):
+    """How long a stuck child has been there, in words."""
+    seconds = time.clock_gettime(time.CLOCK_BOOTTIME) - child["start"] / os.sysconf("SC_CLK_TCK")
+    return "%.0f min" % (seconds / 60) if seconds >= 60 else "%.0f s" % seconds
+
+
+def read_usages(run, mounts):
+    """{mount: {"path": without links, "statvfs": [f_frsize, f_blocks, f_bfree, f_bavail]}, or why it has none},
+    each mount read by a child of its own (the module docstring says why), all within run.timeout(). A mount
+    where an earlier run's child is still stuck is not asked again; a child stuck now is kept in STUCK_STATE."""
+    stored = run.state.load(STUCK_STATE)
+    stuck = still_stuck(stored)
+    timeout, since = run.timeout(), time.monotonic()
+    usages, children = {}, {}
+    for mount in mounts:
+        if mount in stuck:
+            usages[mount] = "still hung: the usage child of an earlier run, pid %d, has been stuck there for %s " \
+                            "(not asked again until it returns)" % (stuck[mount]["pid"], stuck_for(stuck[mount]))
+            continue
+        try:
+            children[mount] = common.start_command([PYTHON, "-I", "-S", "-c", USAGE_CHILD, mount])
+        except common.SourceError as error:
+            usages[mount] = str(error)
+    for mount, child in children.items():
+        try:
+            answer = json.loads(common.finish_command(child, timeout, since))
+            usages[mount] = answer.get("error", answer)
+        except common.SourceError as error:
+            if child.returncode not in (None, -signal.SIGKILL):  # it failed by itself, not killed at the bound
+                usages[mount] = str(error)
+                continue
+            usages[mount] = "no answer within %g s, %s" % (
+                timeout, "a hung mount" if timeout >= run.opts.timeout else "what was left of the run budget")
+            start = running_since(child.pid) if child.returncode is None else None  # None: it ended since the grace
+            if start is not None:
+                stuck[mount] = {"pid": child.pid, "start": start, "boot": common.this_boot()}
+                usages[mount] += ": its usage child, pid %d, is stuck there (not asked again until it returns)" \
+                    % child.pid
+    if not run.opts.debug and stuck != (stored or {}):
+        try:
+            run.state.save(STUCK_STATE, stuck)
+        except OSError as error:
+            run.log.warning("cannot keep the stuck usage children: %s: %s: the next run asks their mounts again",
+                            error.strerror, error.filename)
+    return {mount: usages[mount] for mount in mounts}
 
 
 def stale_reason(taken, now, max_age):
@@ -262,23 +380,29 @@ def disk_documents(run, node, now):
     if not recorded(run, DISKSTATS_STATE, {"time": now, "devices": io_now}, stored, "DISK I/O") or not io_before \
             or not isinstance(io_before["devices"], dict):
         io_before = {"time": now, "devices": {}}  # no deltas: the usage goes alone
+    try:
+        usages = read_usages(run, run.opts.disks)
+    except common.SourceError as error:  # the run budget used up: the other documents still go
+        run.source_failed("DISK not reported: %s" % error)
+        return []
     partitions = psutil.disk_partitions(all=True)
+    meant_to_be_mounted = read_fstab()
     documents = []
-    for mount in run.opts.disks:
-        try:
-            usage = psutil.disk_usage(mount)
-        except OSError as error:
-            run.log.warning("DISK %s not reported: %s", mount, error.strerror)
+    for mount, usage in usages.items():
+        if isinstance(usage, str):
+            run.log.warning("DISK %s not reported: %s", mount, usage)
             continue
-        if not is_mount_point(mount, partitions):
-            # What statvfs saw there is the file system underneath (/ when the mount failed at boot).
-            run.log.warning("DISK %s not reported: nothing is mounted there", mount)
+        if not is_mount_point(usage["path"], partitions) and meant_to_be_mounted & {mount, usage["path"]}:
+            # Its mount failed (at boot): what statvfs saw there is the file system underneath, / say. A directory
+            # fstab does not name is reported with the file system holding it, as the old tool does (/home on /).
+            run.log.warning("DISK %s not reported: nothing is mounted there (%s names it)", mount, FSTAB)
             continue
-        device = device_of(mount, partitions)
-        document = {"kind": "DISK", "login_node": node, "mount": mount, "total": usage.total,
-                    "used": usage.used, "free": usage.free,
-                    "utilization": usage.used / usage.total if usage.total else 0.0,
-                    "device": reported_device(mount_source(mount, partitions))}
+        frsize, blocks, free_blocks, available_blocks = usage["statvfs"]
+        total, used = blocks * frsize, (blocks - free_blocks) * frsize  # as psutil.disk_usage counts them
+        device = device_of(usage["path"], partitions)
+        document = {"kind": "DISK", "login_node": node, "mount": mount, "total": total, "used": used,
+                    "free": available_blocks * frsize, "utilization": used / total if total else 0.0,
+                    "device": reported_device(mount_source(usage["path"], partitions))}
         deltas = counter_deltas(io_before["devices"].get(device), io_now.get(device, []))
         if deltas is not None:
             document["io"] = dict(zip(("reads", "read_bytes", "writes", "write_bytes"), deltas),

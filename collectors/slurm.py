@@ -11,10 +11,15 @@ queue is empty, and then to MARGIN seconds before now (clocks of the login node 
 the jobs reported from inside the window are remembered, so that none is reported twice. The cursor moves only
 after the documents were delivered or spooled, never in a debug run.
 
+Slurm's PrivateData=jobs shows a user other than root, the SlurmUser or an operator only its own jobs, without an
+error: a run as such a user says so in one warning line, with what to do.
+
 Example: python3 collectors/slurm.py -d -v --slurm-queue all: --slurm-queue short:short \
     --slurm-jupyter 'ood:name:sys/dashboard/sys/[^/]*jupyter'
 """
 import itertools
+import os
+import pwd
 import re
 import sys
 import time
@@ -54,6 +59,17 @@ DURATION = re.compile(r"(?:(?:(\d+)-)?(\d+):)?(\d+):(\d+)\Z")
 ARRAY_RANGE = re.compile(r"(\d+)_\[([\d,\-]+)(?:%\d+)?\]\Z")
 LINE = re.compile(r"[^\n]+")
 AGENT_QUEUE = re.compile(r"^\s*DBD Agent queue size:\s*(\d+)\s*$", re.MULTILINE)
+# PrivateData=jobs hides every other user's jobs from squeue (slurm.conf, read by slurmctld) and from sacct
+# (slurmdbd.conf, read by slurmdbd), with no error: the documents would count only the run user's. root and
+# SlurmUser see them all, and so does a user of AdminLevel Operator or Administrator in slurmdbd (Slurm 22.05,
+# SchedMD/slurm: src/slurmctld/proc_req.c validate_operator, src/plugins/accounting_storage/common/common_as.c
+# is_user_min_admin_level; doc/man/man5/slurm.conf.5 and slurmdbd.conf.5, PrivateData; doc/html/
+# user_permissions.shtml, Operator). Both daemons print their flags as private_data_string() writes them: "none",
+# or names such as "jobs,usage" ("all" as every name). The other flags hide nothing squeue or sacct report.
+CONFIG_LINE = re.compile(r"^(\w+)\s*=\s*(.*?)\s*$", re.MULTILINE)
+DBD_PART = "SlurmDBD configuration:"  # sacctmgr show config: the local slurm.conf's values, then slurmdbd's
+SLURM_USER_ID = re.compile(r"\((\d+)\)\Z")  # SlurmUser = slurm(64030)
+SEES_ALL_LEVELS = {"Operator", "Administrator"}  # sacctmgr's names of the AdminLevels
 
 
 def add_arguments(parser):
@@ -267,6 +283,59 @@ def agent_queue(text, log):
     return int(match.group(1))
 
 
+def config_values(text):
+    """{key: value} of the KEY = VALUE lines of `scontrol show config`."""
+    return dict(CONFIG_LINE.findall(text))
+
+
+def dbd_config_values(text):
+    """config_values of slurmdbd's part of `sacctmgr show config` (which prints the local slurm.conf's first);
+    {} when slurmdbd did not answer, and sacctmgr printed no such part."""
+    return config_values(text.partition(DBD_PART)[2])
+
+
+def hides_jobs(config, uid):
+    """Whether a daemon's config (config_values) hides other users' jobs from UID, whatever its AdminLevel: its
+    PrivateData names jobs, and UID is neither root nor the daemon's SlurmUser."""
+    if "jobs" not in config.get("PrivateData", "").split(","):
+        return False
+    slurm_user = SLURM_USER_ID.search(config.get("SlurmUser", ""))
+    return uid != 0 and not (slurm_user and int(slurm_user.group(1)) == uid)
+
+
+def private_data_warning(hidden_by, user, level):
+    """The one warning line of a run whose user (AdminLevel LEVEL, as sacctmgr names it, "" for no record) the
+    files HIDDEN_BY (slurm.conf, slurmdbd.conf) hide other users' jobs from; None when it sees them all."""
+    if not hidden_by or level in SEES_ALL_LEVELS:
+        return None
+    return ("PrivateData=jobs in %s hides other users' jobs from %s: squeue and sacct show it only its own, and "
+            "the documents count no one else's. Give it the operator level (sacctmgr modify user %s set "
+            "adminlevel=operator) or run slurm.py as a user that sees every job (root or the SlurmUser)"
+            % (" and ".join(hidden_by), user, user))
+
+
+def check_private_data(run):
+    """Log private_data_warning's line when PrivateData limits the run user's view. Nothing here fails the run:
+    a daemon that does not answer fails squeue or sacct on its own."""
+    uid = os.getuid()
+    if uid == 0:
+        return
+    daemons = [("slurm.conf", ["scontrol", "show", "config"], config_values),
+               ("slurmdbd.conf", ["sacctmgr", "show", "config"], dbd_config_values)]
+    try:
+        hidden_by = [name for name, argv, values in daemons if hides_jobs(values(run.command(argv)), uid)]
+        if not hidden_by:
+            return
+        user = pwd.getpwuid(uid).pw_name
+        level = run.command(["sacctmgr", "--noheader", "--parsable2", "show", "user", user, "format=AdminLevel"])
+    except (common.SourceError, KeyError) as error:
+        run.log.info("cannot tell whether Slurm's PrivateData hides jobs from this user: %s", error)
+        return
+    warning = private_data_warning(hidden_by, user, level.strip())
+    if warning:
+        run.log.warning("%s", warning)
+
+
 def job_document(row, owner):
     return {"kind": "slurmjob", "users": owner, "Id": row["id"], "Runtime": row["runtime"],
             "state": row["state"].lower()}
@@ -308,6 +377,7 @@ def collect(run):
     texts = text_fields(sessions)
     queue_text = run.command(squeue_command(texts))
     waiting = agent_queue(run.command(["sdiag"]), log)
+    check_private_data(run)
     state, problem = read_state(run.state.load(CURSOR_STATE), now)
     if problem:
         log.warning("state file %s holds no sacct cursor: looking back %d s afresh", run.state.file(CURSOR_STATE),

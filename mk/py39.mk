@@ -2,7 +2,7 @@
 # and the delivery tests run with the collectors under a Python 3.9 interpreter and the requests/urllib3 versions
 # pip installs there (urllib3 2.6 on 3.9, 2.8 on 3.11). PYTHON39 names the interpreter; by default a python3.9 on
 # PATH that runs (not a pyenv shim without it), else pyenv's. CI has one: without it the target fails there (it is skipped elsewhere with one line).
-.PHONY: test-py39
+.PHONY: test-py39 python39
 
 PYTHON39 ?= $(shell for python in python3.9 $(HOME)/.pyenv/versions/3.9.*/bin/python3.9; do \
 	"$$python" -c 'import sys; assert sys.version_info[:2] == (3, 9)' 2>/dev/null && command -v "$$python" && break; done)
@@ -23,3 +23,7 @@ test-py39:
 	$(VENV39)/bin/python -m pytest -q -p no:cacheprovider tests/test_endpoint.py tests/test_delivery.py
 
 TEST_EXTRA += test-py39
+
+# The interpreter PYTHON39 names, empty when none: tests/test_packaging.py runs `make run` and `make wheel` with it.
+python39:
+	@echo "$(PYTHON39)"

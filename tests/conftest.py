@@ -1,4 +1,5 @@
 """Shared fixtures: paths, a real HTTPS receiver, and the collectors run as cron runs them."""
+import importlib.util
 import json
 import os
 import pathlib
@@ -6,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -16,6 +18,7 @@ from receiver import Receiver
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 COLLECTORS = REPO / "collectors"
+ROLE = REPO / "roles" / "afmetrics_collector"
 # Real HTCondor outputs (tests/htcondor-captures/README.md says how they were made).
 CAPTURES = REPO / "tests" / "htcondor-captures"
 CONDOR_VERSIONS = ["trixie-htcondor-23.9.6", "sid-htcondor-25.14.1"]
@@ -58,6 +61,41 @@ def installed(program, package):
     if done.returncode != 0 or not found:
         skip_or_fail("apt-get install %s failed: %s" % (package, (done.stderr.strip().splitlines() or ["?"])[-1]))
     return found
+
+
+def role_module(path):
+    """A module of the role (a filter plugin, a file it runs on the node), loaded from its file: the role's
+    directories never go on sys.path, where its filter plugin afmetrics_status would hide the collectors' module
+    of that name."""
+    spec = importlib.util.spec_from_file_location("role_" + path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def debian_package(package, cache):
+    """The files of Debian's PACKAGE, unpacked once into the directory CACHE (apt-get download, dpkg-deb) without
+    installing it: no service of its own starts, nothing on the machine changes. CACHE when that is done."""
+    cache = pathlib.Path(cache)
+    if (cache / ".unpacked").exists():
+        return cache
+    if not shutil.which("apt-get"):
+        skip_or_fail("%s is not unpacked in %s and there is no apt-get to fetch it" % (package, cache))
+    with tempfile.TemporaryDirectory() as directory:
+        done = apt_get("download", package, cwd=directory)
+        if done.returncode != 0 and os.geteuid() == 0:  # package lists missing or stale
+            apt_get("update")
+            done = apt_get("download", package, cwd=directory)
+        debs = list(pathlib.Path(directory).glob(package + "_*.deb"))
+        if done.returncode != 0 or not debs:
+            skip_or_fail("apt-get download %s failed: %s" % (package, (done.stderr.strip().splitlines() or ["?"])[-1]))
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(cache)], check=True)
+            (cache / ".unpacked").touch()
+        except (OSError, subprocess.CalledProcessError) as error:
+            skip_or_fail("cannot unpack %s into %s: %s" % (package, cache, error))
+    return cache
 
 
 def json_lines(path):
@@ -270,3 +308,17 @@ def jobs_by_id_of_kind(documents, kind):
 
 
 pytest_plugins = ["k8s_standin", "condor_pool", "slurm_cluster", "proxy", "promtool"]
+
+
+@pytest.fixture(scope="module")
+def checkout_copy(tmp_path_factory):
+    """The checkout's tracked files as they are now (symlinks as symlinks), in a new directory: what runs there
+    leaves the checkout alone."""
+    copy = tmp_path_factory.mktemp("checkout")
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    for name in filter(None, listed.stdout.split("\0")):
+        if (REPO / name).is_symlink() or (REPO / name).is_file():  # not a file deleted and not yet committed
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, copy / name, follow_symlinks=False)
+    return copy

@@ -116,7 +116,7 @@ def test_corrupt_history_watermark_is_a_fresh_start(stored, tmp_path):
 class HostRun(common.Run):
     def __init__(self, state_dir):
         opts = argparse.Namespace(disks=["/"], obfuscate_hosts="", state_dir=state_dir, baseline_max_age=3600.0,
-                                  debug=False)
+                                  debug=False, timeout=60.0)
         super().__init__(host.NAME, opts, None, math.inf)
 
 
@@ -140,6 +140,14 @@ def test_corrupt_host_state_is_a_fresh_start(network, diskstats):
         assert {"CPU", "MEM", "DISK"} <= {d["kind"] for d in host.collect(run)}
         for commit in run.after_delivery:
             commit()
+
+
+@settings(max_examples=200, deadline=None)
+@given(stored=any_json)
+def test_any_stuck_children_state_holds_no_stuck_child(stored):
+    """Whatever the state file of stuck usage children holds, none of it is taken for a child still stuck (which
+    would leave its mount unread) unless it names a live process by its pid, start and boot."""
+    assert host.still_stuck(stored) == {}
 
 
 @settings(max_examples=200, deadline=None)

@@ -7,7 +7,6 @@ be committed here): Molecule installs it on its old tool's node; here it runs fr
 """
 import base64
 import hashlib
-import importlib.util
 import json
 import os
 import shlex
@@ -17,18 +16,7 @@ import sys
 import pytest
 
 import utmp
-from conftest import COLLECTORS, REPO, collector_environment, skip_or_fail
-
-ROLE = REPO / "roles" / "afmetrics_collector"
-
-
-def role_module(path):
-    """A module of the role, loaded from its file: the role's directories never go on sys.path, where its
-    filter plugin afmetrics_status would hide the collectors' module of that name."""
-    spec = importlib.util.spec_from_file_location("role_" + path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import COLLECTORS, REPO, ROLE, collector_environment, role_module, skip_or_fail
 
 
 afmetrics_compare = role_module(ROLE / "filter_plugins" / "afmetrics_compare.py")

@@ -3,10 +3,12 @@ import collections
 import json
 import os
 import pathlib
+import re
 import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -89,9 +91,9 @@ def test_interface_counters_are_this_namespace_interfaces():
         assert pathlib.Path("/sys/class/net/%s/ifindex" % entry["name"]).read_text().strip() == index
 
 
-def run_host(run_collector, receiver, state, *more):
+def run_host(run_collector, receiver, state, *more, prefix=(), timeout=120):
     return run_collector("host.py", "-c", "UC-AF", "--disk", "/", "--state-dir", state, *receiver.args(), *more,
-                         env={"AFMETRICS_TOKEN": TOKEN}, cwd=state.parent)
+                         env={"AFMETRICS_TOKEN": TOKEN}, cwd=state.parent, prefix=prefix, timeout=timeout)
 
 
 def test_first_run_baselines_network_second_run_reports_it(run_collector, receiver, tmp_path):
@@ -125,17 +127,216 @@ def test_missing_mount_is_a_warning_and_others_are_reported(run_collector, tmp_p
 
 
 def test_directory_whose_mount_failed_is_a_warning_not_the_file_system_under_it(run_collector, tmp_path):
-    """A configured mount point with nothing mounted on it (its mount failed at boot) beside a real mount."""
+    """A mount point /etc/fstab names with nothing mounted on it (its mount failed at boot) beside a real mount,
+    and a directory fstab does not name, which is reported with the file system holding it (the old tool's
+    numbers for a /home that is a directory of /)."""
     unmounted, mounted = tmp_path / "unmounted", tmp_path / "mounted"
     unmounted.mkdir()
     mounted.mkdir()
-    done = run_collector("host.py", "-d", "--disk", unmounted, "--disk", mounted, "--state-dir", tmp_path / "state",
-                         env={"MOUNTED": str(mounted)}, cwd=tmp_path,
-                         prefix=private_mounts('mount -t tmpfs -o size=1m afmetrics-mounted "$MOUNTED"'))
+    fstab = tmp_path / "fstab"
+    fstab.write_text("# <file system> <mount point> <type> <options> <dump> <pass>\n"
+                     "UUID=0a1b /  ext4 errors=remount-ro 0 1\n/dev/sdb1 none swap sw 0 0\n"
+                     "server:/export %s nfs4 defaults,_netdev 0 0\n" % unmounted)
+    done = run_collector("host.py", "-d", "--disk", unmounted, "--disk", mounted, "--disk", mounted / "plain",
+                         "--state-dir", tmp_path / "state", env={"MOUNTED": str(mounted), "FSTAB": str(fstab)},
+                         cwd=tmp_path, prefix=private_mounts('mount -t tmpfs -o size=1m afmetrics-mounted "$MOUNTED"\n'
+                                                             'mkdir "$MOUNTED/plain"\nmount --bind "$FSTAB" /etc/fstab'))
     assert done.returncode == 0, done.stderr
-    assert log_lines(done.stderr) == ["WARNING:host:DISK %s not reported: nothing is mounted there" % unmounted]
-    [disk] = [d for d in json_lines(tmp_path / "host.json") if d["kind"] == "DISK"]
-    assert (disk["mount"], disk["device"], disk["total"]) == (str(mounted), "afmetrics-mounted", MIB)
+    assert log_lines(done.stderr) == ["WARNING:host:DISK %s not reported: nothing is mounted there (/etc/fstab "
+                                      "names it)" % unmounted]
+    disks = [d for d in json_lines(tmp_path / "host.json") if d["kind"] == "DISK"]
+    assert [(d["mount"], d["device"], d["total"]) for d in disks] == [
+        (str(mounted), "afmetrics-mounted", MIB), (str(mounted / "plain"), "afmetrics-mounted", MIB)]
+
+
+@pytest.mark.parametrize("text, points", [
+    ("", set()),
+    ("# /etc/fstab\n\nUUID=1 / ext4 defaults 0 1\n/dev/sdb1 none swap sw 0 0\n", {"/"}),
+    ("srv:/home\t/home  nfs4 rw 0 0\n/dev/x /mnt/My\\040Disk/ ext4 noauto 0 0\n", {"/home", "/mnt/My Disk"}),
+    ("/dev/sdc1\n  # /data ext4\nLABEL=d /data\n", {"/data"}),
+])
+def test_fstab_mount_points(text, points):
+    assert host.fstab_mount_points(text) == points
+
+
+HUNG_FUSE = pathlib.Path(__file__).resolve().parent / "hung_fuse.py"
+FUSE_INTERRUPT = 36  # what the kernel sends the server after a signal to a process waiting on a request it read
+BOUND = 3  # host.py's --timeout in the runs on a hung mount
+RUN_LIMIT = 120  # what run_collector allows a run
+# A mount namespace of its own, where the hung mount is made and host.py runs (nsenter): no process outside it sees
+# the mount, and no mount outlives it.
+NAMESPACE = "echo ready; exec sleep infinity"
+
+
+class HungMount:
+    """A FUSE mount on path that never answers (hung_fuse.py in mode), in a mount namespace of its own where
+    run() runs host.py; abort() ends its server, which aborts the connection and frees whatever waits on it."""
+
+    def __init__(self, path, mode, directory):
+        self.path, self.log = path, directory / "fuse-requests"
+        self.holder = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", NAMESPACE],
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+        self.holder.stdout.readline()  # in its namespace now
+        self.enter = ["nsenter", "-t", str(self.holder.pid), "-m", "--"]
+        # The server and the mount(2) share the open /dev/fuse; once mount has exited, the server is its only holder.
+        fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            self.server = subprocess.Popen([sys.executable, str(HUNG_FUSE), str(fd), mode, str(self.log)],
+                                           pass_fds=(fd,), stdin=subprocess.DEVNULL)
+            self.mounted = subprocess.run(
+                self.enter + ["mount", "-i", "-t", "fuse", "-o", "fd=%d,rootmode=40000,user_id=0,group_id=0" % fd,
+                              "afmetrics-hung", str(path)], pass_fds=(fd,), capture_output=True, text=True, timeout=60)
+        finally:
+            os.close(fd)
+
+    def run(self, run_collector, receiver, state, *more):
+        """host.py on / and this mount (--timeout BOUND, then more), in its namespace. Should it hang there (what this tests for), the mount is
+        aborted when run_collector gives up, so that the test fails instead of waiting for ever on a process that
+        SIGKILL does not end."""
+        watchdog = threading.Timer(RUN_LIMIT, self.abort)
+        watchdog.start()
+        try:
+            return run_host(run_collector, receiver, state, "--disk", self.path, "--timeout", BOUND, *more,
+                            prefix=self.enter, timeout=RUN_LIMIT)
+        finally:
+            watchdog.cancel()
+
+    def requests(self):
+        """The opcodes of the requests the server read, but FUSE_INTERRUPT."""
+        opcodes = [int(line) for line in self.log.read_text().split()] if self.log.exists() else []
+        return [opcode for opcode in opcodes if opcode != FUSE_INTERRUPT]
+
+    def abort(self):
+        self.server.kill()
+        self.server.wait()
+
+    def close(self):
+        self.abort()
+        self.holder.kill()
+        self.holder.wait()
+
+
+@pytest.fixture
+def hung_mount(tmp_path):
+    """hung_mount(mode) -> a HungMount on tmp_path/hung (root, /dev/fuse), aborted and unmounted after the test."""
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        skip_or_fail("a FUSE mount needs root and /dev/fuse")
+    missing = [tool for tool in ("unshare", "nsenter", "mount") if not shutil.which(tool)]
+    if missing:
+        skip_or_fail("not installed: %s" % " ".join(missing))
+    made = []
+
+    def make(mode):
+        path = tmp_path / "hung"
+        path.mkdir()
+        made.append(HungMount(path, mode, tmp_path))
+        if made[-1].mounted.returncode != 0:
+            skip_or_fail("cannot mount a FUSE file system here: %s" % made[-1].mounted.stderr.strip())
+        return made[-1]
+    yield make
+    for mount in made:
+        mount.close()
+
+
+def process_state(pid):
+    """The state letter of process pid (proc(5)), None when there is none."""
+    try:
+        return pathlib.Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+def test_still_stuck_is_the_same_process_not_ended():
+    """A stuck child is known by its pid, start and boot: a pid taken again by another process, one gone (or
+    a zombie), a record of another boot or without a start is not one."""
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        child = {"pid": sleeper.pid, "start": host.running_since(sleeper.pid), "boot": host.common.this_boot()}
+        assert host.still_stuck({"/home": child}) == {"/home": child}
+        for other in ({"start": child["start"] - 1}, {"start": None}, {"boot": "another boot"}, {"pid": "1"}):
+            assert host.still_stuck({"/home": dict(child, **other)}) == {}
+    finally:
+        sleeper.kill()
+    sleeper.wait()
+    assert host.running_since(sleeper.pid) is None
+    assert host.still_stuck({"/home": child}) == host.still_stuck({"/home": dict(child, start=None)}) == {}
+    assert host.still_stuck(["not", "a", "record"]) == {}
+
+
+def delivered_kinds(receiver, before):
+    return sorted(document["kind"] for document in receiver.documents[before:])
+
+
+def test_mount_whose_fuse_daemon_holds_its_request_is_one_warning_and_one_stuck_child(hung_mount, run_collector,
+                                                                                       receiver, tmp_path):
+    """A wedged FUSE daemon, which read the request and never answers: the usage child stays stuck in the kernel,
+    SIGKILL or not. The run ends at its bound all the same, with the other documents delivered, and the lock free;
+    the next run leaves no second child stuck there but says the mount is still hung; once the file system is
+    aborted the child is gone, and the mount is asked again."""
+    hung = hung_mount("holding")
+    state = tmp_path / "state"
+    first = hung.run(run_collector, receiver, state)
+    assert first.returncode == 0, first.stderr
+    [warning] = log_lines(first.stderr)
+    pid = int(re.search(r"pid (\d+)", warning).group(1))
+    assert warning == ("WARNING:host:DISK %s not reported: no answer within %d s, a hung mount: its usage child, "
+                       "pid %d, is stuck there (not asked again until it returns)" % (hung.path, BOUND, pid))
+    assert process_state(pid) == "D"  # killed, and still in the kernel
+    asked = hung.requests()
+    assert asked  # it reached the file system
+    assert receiver.kinds() == ["CPU", "DISK", "MEM"] and receiver.of_kind("DISK")[0]["mount"] == "/"
+    assert json.loads((state / "last-run-host.json").read_text())["exit_status"] == 0
+
+    before = len(receiver.documents)
+    second = hung.run(run_collector, receiver, state)  # not skipped: the stuck child holds no lock
+    assert second.returncode == 0, second.stderr
+    [warning] = log_lines(second.stderr)
+    assert re.fullmatch(r"WARNING:host:DISK %s not reported: still hung: the usage child of an earlier run, pid %d, "
+                        r"has been stuck there for \d+ (s|min) \(not asked again until it returns\)"
+                        % (re.escape(str(hung.path)), pid), warning), warning
+    assert hung.requests() == asked and process_state(pid) == "D"
+    assert delivered_kinds(receiver, before) == ["CPU", "DISK", "MEM", "NETWORK"]
+
+    hung.abort()
+    deadline = time.monotonic() + 30
+    while process_state(pid) not in (None, "Z") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert process_state(pid) in (None, "Z")
+    third = hung.run(run_collector, receiver, state)
+    assert third.returncode == 0, third.stderr
+    assert log_lines(third.stderr) == [
+        "WARNING:host:DISK %s not reported: Transport endpoint is not connected" % hung.path]
+    assert json.loads((state / host.STUCK_STATE).read_text()) == {}
+
+
+def test_mount_that_never_answers_is_one_warning_each_run_and_leaves_no_child(hung_mount, run_collector, receiver,
+                                                                            tmp_path):
+    """A mount whose server never answers at all, as an NFS hard mount's whose server is gone: the usage child's
+    wait is one SIGKILL ends, so it is gone at the bound, nothing is kept, and every run asks again."""
+    hung = hung_mount("silent")
+    state = tmp_path / "state"
+    for _ in range(2):
+        before = len(receiver.documents)
+        done = hung.run(run_collector, receiver, state)
+        assert done.returncode == 0, done.stderr
+        assert log_lines(done.stderr) == [
+            "WARNING:host:DISK %s not reported: no answer within %d s, a hung mount" % (hung.path, BOUND)]
+        assert [kind for kind in delivered_kinds(receiver, before) if kind != "NETWORK"] == ["CPU", "DISK", "MEM"]
+    assert not (state / host.STUCK_STATE).exists()
+
+
+def test_hung_mount_gets_no_more_than_is_left_of_the_run_budget(hung_mount, run_collector, receiver, tmp_path):
+    """A run budget shorter than the timeout bounds the usage children too, and the warning says which bound it
+    was; the documents made are kept."""
+    hung = hung_mount("silent")
+    state = tmp_path / "state"
+    done = hung.run(run_collector, receiver, state, "--timeout", 60, "--run-budget", BOUND)
+    assert done.returncode == 1, done.stderr
+    [warning] = [line for line in log_lines(done.stderr) if line.startswith("WARNING")]
+    assert re.fullmatch(r"WARNING:host:DISK %s not reported: no answer within [\d.]+ s, what was left of the run "
+                        r"budget" % re.escape(str(hung.path)), warning), warning
+    kept = receiver.documents + spool_documents(state / "spool-host.jsonl")
+    assert sorted(document["kind"] for document in kept) == ["CPU", "DISK", "MEM"]
 
 
 def test_interval_whose_end_cannot_be_stored_is_not_sent(run_collector, receiver, small_file_system):
@@ -385,7 +586,7 @@ def old_tool_device(source):
 
 def test_reported_device_is_the_mount_source_as_the_old_tool_sends_it():
     def reported(path):
-        return host.reported_device(host.mount_source(path, LOGIN_NODE_MOUNTS, realpath=lambda name: name))
+        return host.reported_device(host.mount_source(path, LOGIN_NODE_MOUNTS))
     assert reported("/scratch") == old_tool_device("/dev/mapper/rl-scratch") == "mapper/rl-scratch"
     assert reported("/home") == old_tool_device("nfs.example.org:/export/home") == "nfs.example.org:/export/home"
     assert reported("/data") == "sdc1"  # the mount on top, not the covered sdb1

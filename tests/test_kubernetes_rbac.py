@@ -26,7 +26,7 @@ import yaml
 from kubernetes import client, config
 
 from conftest import REPO, collector_environment
-from test_jupyter import BOTH_SERVICES, COFFEA_NAMESPACE, ML_NAMESPACE, PODS, debug_documents, the_error
+from test_jupyter import BOTH_SERVICES, COFFEA_NAMESPACE, ML_NAMESPACE, ML_ONLY, PODS, debug_documents, the_error
 from test_jupyter_real import BINARY, real_kubernetes  # noqa: F401 (a fixture: this module's own cluster)
 
 k8s_real = pytest.mark.k8s_real
@@ -240,8 +240,9 @@ def test_reader_may_list_pods_and_nothing_else(cluster, reader, tmp_path, namesp
 @k8s_real
 @pytest.mark.parametrize("how", ["--kubeconfig", "KUBECONFIG"])
 def test_jupyter_reports_the_pods_with_the_kubeconfig(cluster, reader, run_jupyter, tmp_path, how):
-    done = (run_jupyter("--kubeconfig", reader) if how == "--kubeconfig" else
-            run_jupyter(env={"KUBECONFIG": str(reader)}))  # as the role's cron line gives it
+    # The reader's Role is in af-jupyter alone here, so the ml service alone (the default adds coffea-casa's).
+    done = (run_jupyter("--kubeconfig", reader, *ML_ONLY) if how == "--kubeconfig" else
+            run_jupyter(*ML_ONLY, env={"KUBECONFIG": str(reader)}))  # as the role's cron line gives it
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     pods = cluster.get("/api/v1/namespaces/af-jupyter/pods")["items"]
@@ -295,7 +296,7 @@ def test_rotated_token_is_refused_until_the_kubeconfig_is_made_again(cluster, re
             "secret/afmetrics-reader-token created"]
         # kube-apiserver caches each token it accepted for 10 s: the old one is refused within that.
         until_status(reader, "/api/v1/namespaces/af-jupyter/pods", 401, 20)
-        assert the_error(run_jupyter("--kubeconfig", reader)) == (
+        assert the_error(run_jupyter("--kubeconfig", reader, *ML_ONLY)) == (
             "ERROR:jupyter:Kubernetes API %s refused to list pods in af-jupyter: HTTP 401 Unauthorized"
             % cluster.url)
     finally:
@@ -304,7 +305,7 @@ def test_rotated_token_is_refused_until_the_kubeconfig_is_made_again(cluster, re
         done = make_kubeconfig(cluster, reader)  # waits for the controller to issue the new token
     assert done.returncode == 0, done.stderr
     assert yaml.safe_load(reader.read_text())["users"][0]["user"]["token"] not in ("", old_token)
-    assert run_jupyter("--kubeconfig", reader).returncode == 0
+    assert run_jupyter("--kubeconfig", reader, *ML_ONLY).returncode == 0
 
 
 def documented_rotation():

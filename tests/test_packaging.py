@@ -3,8 +3,9 @@
 The wheel that `pip install .` builds (made by `make wheel`, mk/package.mk) is installed into a fresh venv with
 its dependencies from the package index, as a site would, and every command it installs runs in debug mode
 there, away from the checkout. `make run` runs on this machine as a newcomer's would, with and without condor_q
-and a way into Kubernetes. About 40 s, most of it pip installing requests, psutil and kubernetes into the new
-venv. AFMETRICS_PACKAGE_PYTHON names another interpreter for that venv (e.g. a Python 3.9).
+and a way into Kubernetes, and with EL9's Python 3.9 in a copy of the checkout (its own .venv, only the runtime
+dependencies), where `make wheel` runs too. About 50 s, most of it pip installing requests, psutil and kubernetes
+into the new venvs. AFMETRICS_PACKAGE_PYTHON names another interpreter for the wheel's venv (e.g. a Python 3.9).
 """
 import configparser
 import email.parser
@@ -20,7 +21,7 @@ from packaging.requirements import Requirement
 
 import afmetrics_commands
 import afmetrics_common as common
-from conftest import CAPTURES, COLLECTORS, REPO, collector_environment, json_lines, log_lines
+from conftest import CAPTURES, COLLECTORS, REPO, collector_environment, json_lines, log_lines, skip_or_fail
 
 # The interpreter of the fresh venv: this one unless told otherwise.
 PACKAGE_PYTHON = os.environ.get("AFMETRICS_PACKAGE_PYTHON") or sys.executable
@@ -222,24 +223,34 @@ def test_every_command_has_help_and_version(venv, name, tmp_path):
 
 # --- make run -----------------------------------------------------------------------------------------------
 
-def make(*args, env):
-    """make TARGET... in the checkout with this test run's venv, which must not be rebuilt from in here."""
-    stamp = pathlib.Path(sys.prefix) / ".installed"
+def make(*args, env, checkout=REPO, timeout=300):
+    """make TARGET... in CHECKOUT; in the checkout itself with this test run's venv, which must not be rebuilt
+    from in here."""
     for variable in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"):  # when pytest runs under `make unit`
         env.pop(variable, None)
-    return run(["make", "-s", "-C", REPO, "VENV=%s" % sys.prefix, "-o", stamp] + list(args), env=env, timeout=300)
+    argv = ["make", "-s", "-C", checkout]
+    if checkout == REPO:
+        argv += ["VENV=%s" % sys.prefix]
+        argv += ["-o%s" % (pathlib.Path(sys.prefix) / stamp) for stamp in (".installed", ".installed-run")]
+    return run(argv + list(args), env=env, timeout=timeout)
 
 
-def make_run(tmp_path, path=None, env=None):
-    """`make run` as a newcomer without HTCondor or Kubernetes runs it, unless PATH or ENV add them."""
+def newcomer_environment(tmp_path, path=None, env=None):
+    """A newcomer's shell without HTCondor or Kubernetes, unless PATH or ENV add them."""
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     environment = collector_environment()
     for variable in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):  # as when not in a pod
         environment.pop(variable, None)
     environment.update({"HOME": str(home), "PATH": path or path_without("condor_q")}, **(env or {}))
-    return make("run", "RUN_DIR=%s" % (tmp_path / "run"),
-                "KUBERNETES_SERVICEACCOUNT=%s" % (tmp_path / "serviceaccount"), env=environment)
+    return environment
+
+
+def make_run(tmp_path, path=None, env=None, checkout=REPO, python=None):
+    """`make run` as a newcomer runs it, documents in TMP_PATH/run; PYTHON makes the venv of a fresh CHECKOUT."""
+    args = ["run", "RUN_DIR=%s" % (tmp_path / "run"), "KUBERNETES_SERVICEACCOUNT=%s" % (tmp_path / "serviceaccount")]
+    return make(*args + (["PYTHON=%s" % python] if python else []), env=newcomer_environment(tmp_path, path, env),
+                checkout=checkout, timeout=900)
 
 
 def test_make_run_without_htcondor_or_kubernetes_says_what_it_skipped_and_exits_0(tmp_path):
@@ -286,3 +297,34 @@ def test_make_run_collects_jupyter_where_kubernetes_is_reachable(access, kuberne
     assert done.stdout.splitlines()[0] == SKIPPED_BATCH and SKIPPED_JUPYTER not in done.stdout
     assert [document["users"] for document in json_lines(tmp_path / "run" / "jupyter.json")] == [["zoe"], []]
     assert kinds(tmp_path / "run" / "ssh.json") == ["ssh"]
+
+
+# --- make run and make wheel on EL9's Python 3.9 ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def python39():
+    """The Python 3.9 that mk/py39.mk finds (PYTHON39, as `make test-py39` uses it), by its real path: a pyenv
+    shim needs the HOME that make_run replaces."""
+    found = make("python39", env=dict(os.environ)).stdout.strip()
+    if not found:
+        skip_or_fail("no Python 3.9 on this machine (set PYTHON39)")
+    return run([found, "-c", "import sys; print(sys.executable)"]).stdout.strip()
+
+
+def test_make_run_and_make_wheel_on_python_3_9_need_only_the_runtime_dependencies(python39, checkout_copy,
+                                                                                   tmp_path):
+    done = make_run(tmp_path, checkout=checkout_copy, python=python39)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert kinds(tmp_path / "run" / "ssh.json") == ["ssh"]
+    venv_python = checkout_copy / ".venv" / "bin" / "python"
+    imported = run([venv_python, "-c", "import sys, requests, psutil, kubernetes, escapism; print(sys.version_info[:2]);"
+                    "import pytest"])
+    assert imported.stdout.strip() == "(3, 9)"
+    assert "No module named 'pytest'" in imported.stderr  # pytest 9 of requirements-dev.txt needs Python 3.10
+    done = make("wheel", "WHEEL_DIR=%s" % (tmp_path / "dist"), env=newcomer_environment(tmp_path),
+                checkout=checkout_copy)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [path.name for path in (tmp_path / "dist").iterdir()] == [
+        "afmetrics-%s-py3-none-any.whl" % common.__version__]
+    planned = make("-n", "unit", env=newcomer_environment(tmp_path), checkout=checkout_copy)
+    assert "pip install -q -r requirements-dev.txt" in planned.stdout  # `make test` installs its tools itself

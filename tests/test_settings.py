@@ -116,8 +116,8 @@ def test_world_readable_token_and_unknown_keys_warn(tmp_path, caplog):
 @pytest.mark.parametrize("setting", [s for s in EVERY_SETTING if s.name not in EMPTY_IS_A_CHOICE], ids=lambda s: s.name)
 def test_empty_environment_variable_falls_through_to_the_file(setting, tmp_path, monkeypatch, ca_file):
     # A real run loads the CA bundle and checks the URL.
-    text, value = {"ca_bundle": (ca_file, ca_file), "url": ("https://e/", "https://e/")}.get(setting.name,
-                                                                                          SAMPLES[setting.kind])
+    text, value = {"ca_bundle": (ca_file, ca_file), "url": ("https://e/", "https://e/"),
+                   "collectors": ("ssh, host", ["ssh", "host"])}.get(setting.name, SAMPLES[setting.kind])
     config = write_config(tmp_path / "a.conf", "%s = %s\n" % (setting.name, text))
     monkeypatch.setenv("AFMETRICS_" + setting.name.upper(), "")
     opts = resolve(["--config", config], ssh, condor, slurm, jupyter, host)

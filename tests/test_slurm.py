@@ -150,6 +150,8 @@ class FakeSlurm:
     def answer(self, argv, env):
         if argv[0] == "squeue":
             return self.queue
+        if argv[0] in ("scontrol", "sacctmgr"):
+            return ""  # a run as another user than root reads the daemons' PrivateData: none said
         if argv[0] == "sdiag":
             return capture("sdiag_slurmdbd_down.stdout" if self.waiting else "sdiag.stdout")
         assert argv[0] == "sacct" and env == {"TZ": "UTC0", "SLURM_TIME_FORMAT": "%s"}
@@ -289,7 +291,7 @@ def test_any_text_gives_documents_of_the_right_types(queue, finished, agent, tmp
     cluster = FakeSlurm()
     cluster.queue = queue
     cluster.answer = lambda argv, answer=cluster.answer: {"squeue": queue, "sdiag": agent,
-                                                          "sacct": finished}.get(argv[0])
+                                                          "sacct": finished}.get(argv[0], "")
     run = FakeRun(cluster, tmp_path)
     for document in slurm.collect(run):
         if document["kind"] == "slurmqueue":
@@ -303,6 +305,60 @@ def test_any_text_gives_documents_of_the_right_types(queue, finished, agent, tmp
     for commit in run.after_delivery:
         commit()
     assert slurm.read_state(run.state.load(slurm.CURSOR_STATE), time.time())[1] is None
+
+
+# Captured from the real cluster with PrivateData=jobs in slurm.conf and slurmdbd.conf (slurm-captures/README.md).
+RUN_UID, SLURM_UID = 4471, 64030
+
+
+def test_private_data_of_the_real_daemons_hides_jobs_from_all_but_root_and_slurm_user():
+    slurmctld = slurm.config_values(capture("scontrol_show_config.stdout"))
+    slurmdbd = slurm.dbd_config_values(capture("sacctmgr_show_config.stdout"))
+    assert slurmctld["PrivateData"] == slurmdbd["PrivateData"] == "jobs"
+    assert slurmctld["SlurmUser"] == slurmdbd["SlurmUser"] == "slurm(%d)" % SLURM_UID
+    for config in (slurmctld, slurmdbd):
+        assert slurm.hides_jobs(config, RUN_UID)
+        assert not slurm.hides_jobs(config, 0) and not slurm.hides_jobs(config, SLURM_UID)
+    # With slurmdbd down sacctmgr prints only the local slurm.conf's values, PrivateData among them: they are
+    # not slurmdbd's.
+    down = capture("sacctmgr_show_config_slurmdbd_down.stdout")
+    assert "PrivateData" in down and slurm.dbd_config_values(down) == {}
+
+
+@pytest.mark.parametrize("flags, hidden", [("none", False), ("jobs", True), ("usage", False),
+                                           ("accounts,events,jobs,nodes,partitions,reservations,usage,users", True),
+                                           ("jobsx", False), ("", False)])
+def test_only_the_jobs_flag_hides_jobs(flags, hidden):
+    assert slurm.hides_jobs({"PrivateData": flags, "SlurmUser": "slurm(%d)" % SLURM_UID}, RUN_UID) is hidden
+    assert slurm.hides_jobs({"PrivateData": flags}, RUN_UID) is hidden
+
+
+@pytest.mark.parametrize("hidden_by, level, warned", [([], "None", False), (["slurm.conf"], "Operator", False),
+                                                      (["slurmdbd.conf"], "Administrator", False),
+                                                      (["slurm.conf"], "None", True), (["slurmdbd.conf"], "", True)])
+def test_the_warning_names_what_to_do_unless_the_user_sees_every_job(hidden_by, level, warned):
+    warning = slurm.private_data_warning(hidden_by, "afmetrics", level)
+    assert (warning is not None) is warned
+    if warned:
+        assert warning.startswith("PrivateData=jobs in %s hides other users' jobs from afmetrics" % hidden_by[0])
+        assert "sacctmgr modify user afmetrics set adminlevel=operator" in warning and "\n" not in warning
+
+
+def test_a_daemon_that_cannot_tell_its_private_data_is_one_info_line(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(slurm.os, "getuid", lambda: RUN_UID)
+    cluster = FakeSlurm()
+
+    def answer(argv, env, real=cluster.answer):
+        if argv[0] == "scontrol":
+            raise common.SourceError("scontrol failed (exit 1): slurm_load_ctl_conf error: Unable to contact "
+                                     "slurm controller (connect failure)")
+        return real(argv, env)
+    cluster.answer = answer
+    with caplog.at_level(logging.INFO):
+        collect(cluster, tmp_path)
+    assert [record.getMessage() for record in caplog.records if "PrivateData" in record.getMessage()] == [
+        "cannot tell whether Slurm's PrivateData hides jobs from this user: scontrol failed (exit 1): "
+        "slurm_load_ctl_conf error: Unable to contact slurm controller (connect failure)"]
 
 
 def test_without_slurm_on_path_one_error_line(run_collector, tmp_path):

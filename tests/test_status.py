@@ -15,7 +15,10 @@ import pytest
 
 import afmetrics_common as common
 import afmetrics_privacy
-from conftest import COLLECTORS, collector_environment, log_lines, skip_or_fail
+from afmetrics_status import parse_range
+from conftest import COLLECTORS, ROLE, collector_environment, log_lines, role_module, skip_or_fail
+
+afmetrics_fleet = role_module(ROLE / "filter_plugins" / "afmetrics_status.py")
 
 TOKEN = "tok-status-81c3"
 RECORD_KEYS = {"collector", "start", "end", "duration", "exit_status", "source_error", "collected", "delivered",
@@ -113,15 +116,44 @@ def test_record_keeps_the_source_error_when_delivery_fails_too(collect, status, 
 
 
 def lines_of(done):
-    return done.stdout.strip().splitlines()
+    """The status lines, without the performance data after the first line's " | "."""
+    lines = done.stdout.strip().splitlines()
+    return [lines[0].split(" | ")[0]] + lines[1:] if lines else []
 
 
-def age_last_success(state, name, seconds):
-    """The record as it will be once its last success is SECONDS old (waiting 15 minutes is no test)."""
+# 'label'=value[UOM];[warn];[crit];[min];[max], space-separated, after the first line's "|" (Monitoring Plugins
+# guidelines, https://www.monitoring-plugins.org/doc/guidelines.html#AEN201); labels without ' or =, as Icinga
+# asks (https://icinga.com/docs/icinga-2/latest/doc/05-service-monitoring/#performance-data-metrics).
+PERFDATUM = re.compile(r"^'([^'=]+)'=(U|-?[\d.]+)(s|B|)((?:;[^;\s]*){0,4})$")
+
+
+def perfdata_of(done):
+    """{label: (value, unit, [warn, crit, min, max])} of the first line's performance data; checks its format."""
+    first, *rest = done.stdout.splitlines()
+    assert all("|" not in line for line in rest)
+    text, bar, data = first.partition(" | ")
+    assert bar and "|" not in text
+    parsed = {}
+    for datum in data.split(" "):
+        match = PERFDATUM.match(datum)
+        assert match, datum
+        label, value, unit, thresholds = match.groups()
+        parsed[label] = (None if value == "U" else float(value), unit, (thresholds[1:].split(";") + [""] * 4)[:4])
+    return parsed
+
+
+def age_record(state, name, **ages):
+    """The record as it will be once its times (last_success, end, spool_oldest_timestamp) are that many seconds
+    old (waiting 15 minutes is no test); other fields given as {field: value} in set_fields."""
     path = state / ("last-run-%s.json" % name)
     run = json.loads(path.read_text())
-    run["last_success"] = time.time() - seconds
+    run.update({field: time.time() - seconds for field, seconds in ages.items()})
     path.write_text(json.dumps(run))
+
+
+def edit_record(state, name, **fields):
+    path = state / ("last-run-%s.json" % name)
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), **fields)))
 
 
 def test_status_exit_codes_follow_the_nagios_convention(collect, status, receiver, state, run_collector):
@@ -141,29 +173,33 @@ def test_status_exit_codes_follow_the_nagios_convention(collect, status, receive
     # A selected collector that never ran is UNKNOWN, worse than OK.
     done = status("-s", "-b")
     assert (done.returncode, [line.split(":")[0] for line in lines_of(done)]) == (3, ["UNKNOWN condor", "OK ssh"])
-    # 1 WARNING: the endpoint is down, documents are kept; worst first.
-    receiver.answer_always(503)
-    assert collect("--send-budget", "1", collectors=("-s",)).returncode == 1
-    done = status()
+    # 1 WARNING: the last success is older than -w allows (a Nagios range: above 60 s); worst first.
+    age_record(state, "ssh", last_success=61, end=61)
+    assert status("-w", "90").returncode == 0
+    done = status("-w", "60")
     assert done.returncode == 1
     first, second = lines_of(done)
-    assert first.startswith("WARNING ssh: 1 document(s) kept for later: ") and "HTTP 503" in first
-    assert "; spool 1, oldest " in first
+    assert first.startswith("WARNING ssh: no successful run for over 60 s (not since 61 s ago); last success ")
     assert second.startswith("OK host:")
-    assert "|" not in done.stdout  # Nagios would take the rest for performance data
+    perfdata_of(done)  # one "|", on the first line: Nagios takes what follows it for performance data
+    # -c is the critical range in a check (not the cluster), and overrides stale_after.
+    assert status("-w", "30", "-c", "60").returncode == 2
+    assert status("-w", "30", "--critical=@100:200").returncode == 1
+    assert status("-c90").returncode == 0
     # 2 CRITICAL once the last success is older than stale_after (900 s), whenever the last run was.
-    age_last_success(state, "ssh", 899)
+    edit_record(state, "ssh", exit_status=1, refused=1, last_error="the endpoint refused a ssh document: dropped")
+    age_record(state, "ssh", last_success=899)
     assert status().returncode == 1
-    age_last_success(state, "ssh", 901)
+    age_record(state, "ssh", last_success=901)
     done = status()
     assert done.returncode == 2
-    assert lines_of(done)[0].startswith("CRITICAL ssh: no successful run within 900 s (not since 15 min ago): ")
+    assert lines_of(done)[0].startswith("CRITICAL ssh: no successful run for over 900 s (not since 15 min ago): ")
     # stale_after from the config file, as the role writes it; 0: never stale.
     config = state.parent / "afmetrics.conf"
     config.write_text("[afmetrics]\nstale_after = 0\n")
     assert status("--config", config).returncode == 1
     # A last success in the future (the clock stepped back) would hide staleness: a warning.
-    age_last_success(state, "ssh", -3600)
+    age_record(state, "ssh", last_success=-3600)
     done = status()
     assert done.returncode == 1
     assert re.match(r"WARNING ssh: last success 3[56]\d\d s in the future: the clock was stepped back;",
@@ -175,6 +211,132 @@ def test_status_exit_codes_follow_the_nagios_convention(collect, status, receive
     assert done.returncode == 2
     assert [line.split(":")[0] for line in lines_of(done)] == ["CRITICAL ssh", "UNKNOWN condor", "OK host"]
     assert lines_of(done)[0].startswith("CRITICAL ssh: source failing: who not found on PATH")
+
+
+def samples_of(text):
+    """{'name{labels}': value} of a Prometheus text file."""
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if not line.startswith("#")}
+
+
+def test_a_configured_collector_that_never_ran_is_critical_and_has_series(collect, status, promtool, state,
+                                                                          tmp_path):
+    config, textfile = tmp_path / "afmetrics.conf", tmp_path / "afmetrics.prom"
+    config.write_text("[afmetrics]\ncollectors = ssh, condor\n")
+    assert collect("--config", config, "--textfile-dir", tmp_path, collectors=("-s",)).returncode == 0
+    done = status("--config", config)  # no collector named: the configured ones
+    assert done.returncode == 3
+    assert [line.split(":")[0] for line in lines_of(done)] == ["UNKNOWN condor", "OK ssh"]
+    assert lines_of(done)[0] == "UNKNOWN condor: no run recorded yet (configured 0 s ago)"
+    # The config file was written 901 s ago: longer than stale_after, and cron never ran condor.py.
+    configured = time.time() - 901
+    os.utime(config, (configured, configured))
+    done = status("--config", config)
+    assert done.returncode == 2
+    assert lines_of(done)[0] == "CRITICAL condor: configured 15 min ago and no run for over 900 s: is cron running it?"
+    assert perfdata_of(done)["condor_last_success_age"] == (None, "", ["", "900", "0", ""])
+    entry = json.loads(status("--config", config, "--json").stdout)["collectors"][1]  # in the config's order
+    assert (entry["collector"], entry["status"], entry["last_run"]) == ("condor", "CRITICAL", None)
+    assert entry["configured"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(configured))
+    # The next run's textfile has its series: a last success of 0, and when it was configured.
+    assert collect("--config", config, "--textfile-dir", tmp_path, collectors=("-s",)).returncode == 0
+    checked = subprocess.run([promtool, "check", "metrics"], input=textfile.read_text(), capture_output=True,
+                             text=True)
+    assert (checked.returncode, checked.stdout + checked.stderr) == (0, "")
+    samples = samples_of(textfile.read_text())
+    assert samples['afmetrics_last_success_timestamp_seconds{collector="condor"}'] == 0
+    assert samples['afmetrics_configured_timestamp_seconds{collector="condor"}'] == pytest.approx(configured, abs=0.01)
+    assert not any('collector="condor"' in name for name in samples
+                   if not name.startswith(("afmetrics_last_success", "afmetrics_configured")))
+    # A name the node does not know is a configuration error.
+    config.write_text("[afmetrics]\ncollectors = ssh, batch\n")
+    done = collect("--config", config, collectors=("-s",))
+    assert (done.returncode, log_lines(done.stderr)) == (2, [
+        "ERROR:afmetrics:collectors: unknown batch (known: ssh, condor, slurm, jupyter, host)"])
+
+
+def test_a_configuration_error_is_recorded_at_once(collect, status, state, tmp_path):
+    assert collect("--textfile-dir", tmp_path).returncode == 0
+    succeeded = record(state, "ssh")["last_success"]
+    config = tmp_path / "afmetrics.conf"
+    config.write_text("[afmetrics]\ntimeout = soon\n")
+    done = collect("--config", config, "--textfile-dir", tmp_path)
+    reason = "%s: bad value for timeout: 'soon' (could not convert string to float: 'soon')" % config
+    assert (done.returncode, log_lines(done.stderr)) == (2, ["ERROR:afmetrics:" + reason])
+    for name in ("ssh", "host"):
+        run = record(state, name)
+        assert (run["exit_status"], run["last_error"], run["source_error"]) == (2, reason, "")
+        assert (run["collected"], run["delivered"], run["last_success"]) == (0, 0, succeeded if name == "ssh"
+                                                                              else run["last_success"])
+    done = status()
+    assert done.returncode == 2
+    assert lines_of(done)[:2] == ["CRITICAL host: configuration error: " + reason + lines_of(done)[0].split(reason)[1],
+                                  "CRITICAL ssh: configuration error: " + reason + lines_of(done)[1].split(reason)[1]]
+    samples = samples_of((tmp_path / "afmetrics.prom").read_text())
+    assert samples['afmetrics_last_run_exit_status{collector="ssh"}'] == 2
+    assert samples['afmetrics_last_success_timestamp_seconds{collector="ssh"}'] == succeeded
+    # A CA bundle that cannot be read, for a script of its own: its record alone.
+    host_before = record(state, "host")
+    done = collect("--ca-bundle", tmp_path / "missing.pem", collectors=("-s",))
+    assert done.returncode == 2
+    assert record(state, "ssh")["last_error"] == "ca_bundle %s: No such file or directory" % (tmp_path / "missing.pem")
+    assert record(state, "host") == host_before
+    # A debug run writes no record, whatever its error.
+    records = {path.name: path.read_bytes() for path in state.glob("last-run-*.json")}
+    assert collect("-d", "--config", config).returncode == 2
+    assert {path.name: path.read_bytes() for path in state.glob("last-run-*.json")} == records
+
+
+def test_endpoint_down_is_a_warning_until_the_kept_documents_are_old(collect, status, receiver, state):
+    receiver.answer_always(503)
+    # The first run ever, with the endpoint down: it collected, it cannot deliver. Not "never succeeded".
+    assert collect("--send-budget", "1", collectors=("-s",)).returncode == 1
+    done = status("-s")
+    assert done.returncode == 1
+    assert lines_of(done)[0].startswith("WARNING ssh: endpoint down: 1 document(s) kept for later, the oldest 0 s "
+                                        "ago (last success never): 1 document(s) not delivered (")
+    perfdata = perfdata_of(done)
+    assert perfdata["ssh_last_success_age"] == (None, "", ["", "900", "0", ""])
+    assert perfdata["ssh_spool_documents"] == (1, "", ["", "", "0", ""])
+    assert perfdata["ssh_spool_size"] == ((state / "spool-ssh.jsonl").stat().st_size, "B", ["", "", "0", ""])
+    assert perfdata["ssh_spool_oldest_age"][1:] == ("s", ["", "21600", "0", ""])
+    assert perfdata["ssh_last_run_age"][1] == "s" and perfdata["ssh_delivered"][0] == 0
+    entry = json.loads(status("-s", "--json").stdout)["collectors"][0]
+    assert (entry["status"], entry["endpoint_down"], entry["spool_bytes"]) == (
+        "WARNING", True, perfdata["ssh_spool_size"][0])
+    # Still a warning long after the last success, while the runs go on and the kept documents are young.
+    age_record(state, "ssh", last_success=3600, spool_oldest_timestamp=21500)
+    assert status("-s").returncode == 1
+    # CRITICAL once the oldest is older than spool_critical_after (21600 s), or when the runs stopped.
+    age_record(state, "ssh", spool_oldest_timestamp=21700)
+    done = status("-s")
+    assert done.returncode == 2 and lines_of(done)[0].startswith("CRITICAL ssh: endpoint down: 1 document(s) kept")
+    assert status("-s", "--spool-critical-after", "0").returncode == 1
+    age_record(state, "ssh", spool_oldest_timestamp=60, end=901)
+    done = status("-s")
+    assert done.returncode == 2 and lines_of(done)[0].startswith("CRITICAL ssh: no run for over 900 s (the last 15 min")
+    # A source failing while the endpoint is down: the node cannot collect, whatever the endpoint does.
+    assert collect("--send-budget", "1", collectors=("-s",), env={"PATH": "/nonexistent"}).returncode == 1
+    entry = json.loads(status("-s", "--json").stdout)["collectors"][0]
+    assert (entry["status"], entry["endpoint_down"]) == ("CRITICAL", False)
+
+
+@pytest.mark.parametrize("text, inside, outside", [
+    ("900", [0, 900], [-1, 900.5]),
+    ("10:", [10, 1e9], [9.9]),
+    ("~:10", [-1e9, 10], [10.1]),
+    ("10:20", [10, 20], [9, 21]),
+    ("@10:20", [9, 21], [10, 20]),
+])
+def test_nagios_ranges_alert_outside_their_range_or_inside_with_at(text, inside, outside):
+    limit = parse_range(text)
+    assert [limit.alerts(value) for value in inside + outside] == [False] * len(inside) + [True] * len(outside)
+
+
+@pytest.mark.parametrize("text", ["", "soon", "20:10", "nan", "1:2:3"])
+def test_a_bad_nagios_range_is_unknown(status, text):
+    done = status("-w", text)
+    assert done.returncode == 3 and "-w/--warning: %r is not a Nagios range" % text in done.stderr
 
 
 def test_status_that_cannot_run_is_unknown(status, run_collector, state):
@@ -205,6 +367,30 @@ def test_status_json_says_the_same_for_machines(collect, status, receiver, state
     assert status("--json", script="host.py").returncode == 1
 
 
+def test_fleet_check_says_endpoint_down_once_and_fails_only_nodes_that_cannot_collect(collect, status, receiver,
+                                                                                      state):
+    def node_status():
+        done = status("--json")
+        return {"_afmetrics_status_run": {"rc": done.returncode, "stdout": done.stdout, "stderr": done.stderr}}
+
+    hostvars = {}
+    assert collect().returncode == 0
+    hostvars["login01"] = node_status()
+    receiver.answer_always(503)
+    assert collect("--send-budget", "1").returncode == 1
+    hostvars["login02"] = node_status()
+    age_record(state, "host", spool_oldest_timestamp=90000)  # kept longer than spool_critical_after
+    hostvars["login03"] = node_status()
+    assert json.loads(hostvars["login03"]["_afmetrics_status_run"]["stdout"])["status"] == "CRITICAL"
+    assert collect("--send-budget", "1", collectors=("-s",), env={"PATH": "/nonexistent"}).returncode == 1
+    hostvars["login04"] = node_status()  # ssh cannot collect; host keeps its documents
+    fleet = afmetrics_fleet.afmetrics_fleet_status(hostvars, ["login0%d" % n for n in range(1, 6)])
+    assert (fleet["critical"], fleet["endpoint_down"], fleet["unanswered"]) == (
+        ["login04"], ["login02", "login03", "login04"], ["login05"])
+    assert fleet["lines"][-2:] == ["endpoint down on 3 nodes: login02, login03, login04 (documents kept for later)",
+                                   "5 nodes: 1 OK, 1 WARNING, 2 CRITICAL, 1 NO ANSWER"]
+
+
 def as_nobody(*argv, env=None):
     return subprocess.run(["runuser", "-u", "nobody", "--"] + [str(arg) for arg in argv], capture_output=True,
                           text=True, env=collector_environment(env), cwd="/")
@@ -231,11 +417,19 @@ def test_status_is_readable_by_a_monitoring_agents_user(run_collector, receiver,
         assert done.returncode == 0, done.stderr
         check = ["/usr/bin/python3", "-B", os.path.join(collectors, "ssh.py"), "--status"]
         done = as_nobody(*check, "--state-dir", state, env={"AFMETRICS_CONFIG": config})
-        assert done.returncode == 0
+        assert (done.returncode, done.stderr) == (0, "")  # Icinga would show stderr with the status
         assert done.stdout.startswith("OK ssh:")
+        done = as_nobody(*check, "-v", "--state-dir", state, env={"AFMETRICS_CONFIG": config})
         assert log_lines(done.stderr) == [
             "WARNING:afmetrics:cannot read config file %s: Permission denied: reading the run records without it"
             % config]
+        # A collector the check names that never ran is dated by the config file, which the agent may stat.
+        written = time.time() - 901
+        os.utime(config, (written, written))
+        done = as_nobody("/usr/bin/python3", "-B", os.path.join(collectors, "condor.py"), "--status", "--state-dir",
+                         state, env={"AFMETRICS_CONFIG": config})
+        assert done.returncode == 2
+        assert done.stdout.startswith("CRITICAL condor: configured 15 min ago and no run for over 900 s: ")
         os.chmod(state, 0o700)
         done = as_nobody(*check, "--state-dir", state)
         assert (done.returncode, done.stdout) == (3, "UNKNOWN: cannot read state dir %s: Permission denied\n" % state)
