@@ -114,7 +114,7 @@ def role_filters():
 
 def test_the_collection_has_the_roles_filters(site):
     """A role in a collection loads no filter_plugins/ of its own: its filters must be the collection's
-    (plugins/filter, a link to the role's directory), where its tasks find them by their short names."""
+    (plugins/filter, a link to the role's directory), found there by their full names."""
     assert len(role_filters()) >= 9
     # Called on nothing: a filter may refuse that input, but it must be found.
     tasks = "".join('    - ansible.builtin.debug:\n        msg: "{{ none | %s.%s }}"\n      ignore_errors: true\n'
