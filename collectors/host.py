@@ -375,16 +375,17 @@ def disk_documents(run, node, now):
     except OSError as error:
         run.log.warning("DISK: no I/O figures: %s", error)
         io_now = {}
+    try:
+        usages = read_usages(run, run.opts.disks)
+    except common.SourceError as error:  # the run budget used up: the other documents still go
+        # Before the baseline is recorded: no DISK document goes, so the next run's interval covers this one.
+        run.source_failed("DISK not reported: %s" % error)
+        return []
     stored = run.state.load(DISKSTATS_STATE)
     io_before = usable_baseline(run, stored, ("devices",), now, "DISK: I/O baseline")
     if not recorded(run, DISKSTATS_STATE, {"time": now, "devices": io_now}, stored, "DISK I/O") or not io_before \
             or not isinstance(io_before["devices"], dict):
         io_before = {"time": now, "devices": {}}  # no deltas: the usage goes alone
-    try:
-        usages = read_usages(run, run.opts.disks)
-    except common.SourceError as error:  # the run budget used up: the other documents still go
-        run.source_failed("DISK not reported: %s" % error)
-        return []
     partitions = psutil.disk_partitions(all=True)
     meant_to_be_mounted = read_fstab()
     documents = []

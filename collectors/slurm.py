@@ -316,24 +316,36 @@ def private_data_warning(hidden_by, user, level):
 
 def check_private_data(run):
     """Log private_data_warning's line when PrivateData limits the run user's view. Nothing here fails the run:
-    a daemon that does not answer fails squeue or sacct on its own."""
+    a daemon that does not answer fails squeue or sacct on its own. Each daemon's config is read on its own, and
+    one that hides jobs is warned of even when the run user's AdminLevel cannot be read (sacctmgr missing,
+    slurmdbd down): then the line says the level is unknown."""
     uid = os.getuid()
     if uid == 0:
         return
     daemons = [("slurm.conf", ["scontrol", "show", "config"], config_values),
                ("slurmdbd.conf", ["sacctmgr", "show", "config"], dbd_config_values)]
+    hidden_by = []
+    for name, argv, values in daemons:
+        try:
+            if hides_jobs(values(run.command(argv)), uid):
+                hidden_by.append(name)
+        except common.SourceError as error:
+            run.log.info("cannot tell whether PrivateData in %s hides jobs from this user: %s", name, error)
+    if not hidden_by:
+        return
     try:
-        hidden_by = [name for name, argv, values in daemons if hides_jobs(values(run.command(argv)), uid)]
-        if not hidden_by:
-            return
         user = pwd.getpwuid(uid).pw_name
-        level = run.command(["sacctmgr", "--noheader", "--parsable2", "show", "user", user, "format=AdminLevel"])
-    except (common.SourceError, KeyError) as error:
+    except KeyError as error:
         run.log.info("cannot tell whether Slurm's PrivateData hides jobs from this user: %s", error)
         return
-    warning = private_data_warning(hidden_by, user, level.strip())
+    try:
+        level, unknown = run.command(["sacctmgr", "--noheader", "--parsable2", "show", "user", user,
+                                      "format=AdminLevel"]).strip(), ""
+    except common.SourceError as error:
+        level, unknown = "", " (its AdminLevel is unknown: %s; an operator would see every job)" % error
+    warning = private_data_warning(hidden_by, user, level)
     if warning:
-        run.log.warning("%s", warning)
+        run.log.warning("%s%s", warning, unknown)
 
 
 def job_document(row, owner):

@@ -366,6 +366,21 @@ def test_interval_whose_end_cannot_be_stored_is_not_sent(run_collector, receiver
             round(last[host.DISKSTATS_STATE] - first[host.DISKSTATS_STATE], 3)]
 
 
+def test_disk_interval_whose_usage_the_run_budget_left_unread_goes_with_the_next_run(run_collector, receiver,
+                                                                                       tmp_path):
+    """The run budget used up before the disk reads: no DISK document goes, so the DISK I/O baseline stays the one
+    from before that run, and the next run's interval covers its time; the other documents are spooled."""
+    state = tmp_path / "state"
+    assert run_host(run_collector, receiver, state).returncode == 0
+    before, sent = (state / host.DISKSTATS_STATE).read_text(), len(receiver.documents)
+    late = run_host(run_collector, receiver, state, "--run-budget", "0.0000001")
+    assert late.returncode == 1, late.stderr
+    assert "ERROR:host:DISK not reported: run budget of 1e-07 s used up" in log_lines(late.stderr), late.stderr
+    kept = receiver.documents[sent:] + spool_documents(state / "spool-host.jsonl")
+    assert sorted(document["kind"] for document in kept) == ["CPU", "MEM", "NETWORK"]
+    assert (state / host.DISKSTATS_STATE).read_text() == before
+
+
 def test_corrupt_state_is_a_fresh_start(run_collector, receiver, tmp_path):
     state = tmp_path / "state"
     state.mkdir()

@@ -7,6 +7,8 @@ import argparse
 import calendar
 import logging
 import math
+import pwd
+import shutil
 import time
 
 import pytest
@@ -357,8 +359,44 @@ def test_a_daemon_that_cannot_tell_its_private_data_is_one_info_line(tmp_path, m
     with caplog.at_level(logging.INFO):
         collect(cluster, tmp_path)
     assert [record.getMessage() for record in caplog.records if "PrivateData" in record.getMessage()] == [
-        "cannot tell whether Slurm's PrivateData hides jobs from this user: scontrol failed (exit 1): "
+        "cannot tell whether PrivateData in slurm.conf hides jobs from this user: scontrol failed (exit 1): "
         "slurm_load_ctl_conf error: Unable to contact slurm controller (connect failure)"]
+
+
+NOBODY = pwd.getpwnam("nobody")
+# sacctmgr with slurmdbd stopped: its show config answers from slurm.conf alone (captured), its user lookup fails.
+SACCTMGR_SLURMDBD_DOWN = """#!/bin/sh
+if [ "$2" = config ]; then exec %s %s; fi
+echo "sacctmgr: error: Problem talking to the database: Connection refused" >&2
+exit 1
+""" % (shutil.which("cat"), CAPTURES / "sacctmgr_show_config_slurmdbd_down.stdout")
+
+
+@pytest.mark.parametrize("sacctmgr, unknown, infos", [
+    (None, "sacctmgr not found on PATH",
+     ["cannot tell whether PrivateData in slurmdbd.conf hides jobs from this user: sacctmgr not found on PATH"]),
+    (SACCTMGR_SLURMDBD_DOWN, "sacctmgr failed (exit 1): sacctmgr: error: Problem talking to the database: "
+                             "Connection refused", [])], ids=["no sacctmgr", "slurmdbd down"])
+def test_private_jobs_in_slurm_conf_are_warned_of_when_the_admin_level_cannot_be_read(sacctmgr, unknown, infos,
+                                                                                      tmp_path, monkeypatch, caplog):
+    """slurmctld's PrivateData=jobs hides jobs from a run user that is neither root nor the SlurmUser: without
+    sacctmgr, or with slurmdbd down, its AdminLevel is unknown, and the warning still comes, saying so."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    scontrol = "#!/bin/sh\nexec %s %s\n" % (shutil.which("cat"), CAPTURES / "scontrol_show_config.stdout")
+    scripts = {"scontrol": scontrol, "sacctmgr": sacctmgr}
+    for name, script in scripts.items():
+        if script:
+            (tools / name).write_text(script)
+            (tools / name).chmod(0o755)
+    monkeypatch.setenv("PATH", str(tools))
+    monkeypatch.setattr(slurm.os, "getuid", lambda: NOBODY.pw_uid)
+    run = common.Run(slurm.NAME, argparse.Namespace(timeout=60, state_dir=tmp_path), None, math.inf)
+    with caplog.at_level(logging.INFO):
+        slurm.check_private_data(run)
+    assert [record.getMessage() for record in caplog.records] == infos + [
+        slurm.private_data_warning(["slurm.conf"], NOBODY.pw_name, "") + " (its AdminLevel is unknown: %s; an "
+        "operator would see every job)" % unknown]
 
 
 def test_without_slurm_on_path_one_error_line(run_collector, tmp_path):
