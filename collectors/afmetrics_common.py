@@ -418,7 +418,9 @@ def run_collectors(modules, opts, started):
 
 def show_status(names, opts):
     """--status: one line (or JSON) per collector named (None: the configured ones and every other with a
-    record) from its record; returns the Nagios exit status."""
+    record) from its record; returns the Nagios exit status. With --textfile-dir on its command line it rewrites
+    the textfile too, as a run would: the role's deploy step, so that node_exporter has every configured
+    collector's series before cron ran any."""
     state = StateDir(opts.state_dir, log)
     if not os.path.isdir(state.path):
         print("UNKNOWN: no collector has run yet (no state dir %s)" % state.path)
@@ -431,6 +433,7 @@ def show_status(names, opts):
     limits = Limits(opts.warning, opts.critical or range_of_seconds(opts.stale_after), opts.spool_critical_after)
     text, status = status_report(collectors, time.time(), limits, opts.json)
     print(text)
+    update_textfile(opts, state, log, time.monotonic() + opts.run_budget)
     return status
 
 
@@ -442,7 +445,8 @@ def as_check_arguments(argv):
 
 def main(modules, parser, settings, argv=None):
     """Entry point shared by every script: parse, collect, deliver; exit 0, 1 or 2 as SPEC.md says. With
-    --status, a check that cannot run (bad options, a config it cannot use) exits 3 UNKNOWN, as plugins do.
+    --status, a check that cannot run (bad options, a config file missing or broken) exits 3 UNKNOWN, as plugins
+    do; a bad value in a config it can read is said and the records shown.
     modules: a list, or a function of the options giving one (None for --status: every collector that ran)."""
     started = time.monotonic()
     began = time.time(), started

@@ -152,6 +152,9 @@ COLLECTOR_SETTINGS = {
         Setting("baseline_max_age", "number", 3600.0),
     ],
 }
+# Other names the collectors key takes: the role's afmetrics_collectors and the umbrella's -b say batch for the
+# HTCondor collector, whose records say condor.
+COLLECTOR_ALIASES = {"batch": "condor"}
 CONFIG_FILE_NAMES = {setting.name for settings in [COMMON_SETTINGS, *COLLECTOR_SETTINGS.values()]
                      for setting in settings}
 
@@ -383,7 +386,9 @@ def check_ca_bundle(path):
 
 def merge(args, settings, config_path, file_values, lenient=False):
     """Give args (what argparse parsed) every setting: the command line's, else the environment's, else the file's,
-    else its default; lenient: a value that cannot be used is its default instead of a UsageError."""
+    else its default; lenient: a value that cannot be used is its default instead of a UsageError, and the list of
+    their messages is returned."""
+    problems = []
     for setting in settings:
         given = getattr(args, setting.name, None)
         if given is not None:
@@ -391,12 +396,20 @@ def merge(args, settings, config_path, file_values, lenient=False):
             continue
         try:
             setattr(args, setting.name, configured_value(setting, config_path, file_values))
-        except UsageError:
+        except UsageError as error:
             if not lenient:
                 raise
+            problems.append(str(error))
             setattr(args, setting.name, setting.default)
     args.config_path = config_path
     args.state_dir = args.state_dir or _default_state_dir(args.status)
+    return problems
+
+
+def known_collectors(names):
+    """(names with their aliases resolved, the names no collector has)."""
+    names = [COLLECTOR_ALIASES.get(name, name) for name in names]
+    return names, sorted(set(names) - set(COLLECTOR_SETTINGS))
 
 
 def settings_despite_error(parser, settings, argv):
@@ -412,6 +425,8 @@ def settings_despite_error(parser, settings, argv):
     except UsageError:
         file_values = {}
     merge(args, settings, config_path, file_values, lenient=True)
+    names, unknown = known_collectors(args.collectors)
+    args.collectors = [name for name in names if name not in unknown]
     return args
 
 
@@ -443,15 +458,27 @@ def resolve_settings(parser, settings, argv=None):
                                  if setting.kind == "secret" and getattr(args, setting.name, None) is not None]
     if has_password(getattr(args, "proxy", None) or ""):
         args.command_line_secrets.append("proxy")
-    merge(args, settings, config_path, file_values)
-    unknown = sorted(set(args.collectors) - set(COLLECTOR_SETTINGS))
+    # --status writes the textfile only when told on its command line (the role's deploy step): a monitoring
+    # agent's check must not write where the runs do.
+    status_textfile_dir = args.textfile_dir or ""
+    # --status reports the records whatever else the configuration says: a bad value there is what the runs
+    # recorded as their configuration error, and is said in one line each.
+    problems = merge(args, settings, config_path, file_values, lenient=args.status)
+    args.collectors, unknown = known_collectors(args.collectors)
     if unknown:
-        raise UsageError("collectors: unknown %s (known: %s)" % (", ".join(unknown), ", ".join(COLLECTOR_SETTINGS)))
+        problems.append("collectors: unknown %s (known: %s)" % (", ".join(unknown), ", ".join(COLLECTOR_SETTINGS)))
+        args.collectors = [name for name in args.collectors if name not in unknown]
+    if args.splay and args.splay >= args.run_budget:
+        problems.append("splay %g s must be less than run_budget %g s: the wait is part of the run"
+                        % (args.splay, args.run_budget))
+    if args.status:
+        args.textfile_dir = status_textfile_dir
+        for problem in problems:
+            log.error("%s", problem)
+    elif problems:
+        raise UsageError(problems[0])
     if args.json and not args.status:
         raise UsageError("--json goes with --status")
-    if args.splay and args.splay >= args.run_budget:
-        raise UsageError("splay %g s must be less than run_budget %g s: the wait is part of the run"
-                         % (args.splay, args.run_budget))
     if not (args.debug or args.status):
         check_url(args.url)
         if args.ca_bundle:

@@ -248,11 +248,38 @@ def test_a_configured_collector_that_never_ran_is_critical_and_has_series(collec
     assert samples['afmetrics_configured_timestamp_seconds{collector="condor"}'] == pytest.approx(configured, abs=0.01)
     assert not any('collector="condor"' in name for name in samples
                    if not name.startswith(("afmetrics_last_success", "afmetrics_configured")))
-    # A name the node does not know is a configuration error.
+    # batch, the role's name and the umbrella's -b, is condor there.
     config.write_text("[afmetrics]\ncollectors = ssh, batch\n")
+    assert collect("--config", config, collectors=("-s",)).returncode == 0
+    assert [line.split(":")[0] for line in lines_of(status("--config", config))] == ["UNKNOWN condor", "OK ssh"]
+    # A name the node does not know is a configuration error; --status says it and shows the records.
+    config.write_text("[afmetrics]\ncollectors = ssh, pbs\n")
     done = collect("--config", config, collectors=("-s",))
-    assert (done.returncode, log_lines(done.stderr)) == (2, [
-        "ERROR:afmetrics:collectors: unknown batch (known: ssh, condor, slurm, jupyter, host)"])
+    unknown = "collectors: unknown pbs (known: ssh, condor, slurm, jupyter, host)"
+    assert (done.returncode, log_lines(done.stderr)) == (2, ["ERROR:afmetrics:" + unknown])
+    done = status("--config", config)
+    assert (done.returncode, log_lines(done.stderr)) == (2, ["ERROR:afmetrics:" + unknown])
+    assert lines_of(done)[0].startswith("CRITICAL ssh: configuration error: " + unknown)
+
+
+def test_status_with_a_textfile_dir_writes_the_configured_collectors_series(status, promtool, state, tmp_path):
+    # What the role runs at deploy, before cron ran any collector: the textfile exists from then on.
+    config = tmp_path / "afmetrics.conf"
+    config.write_text("[afmetrics]\ncollectors = ssh, batch\ntextfile_dir = %s\n" % (tmp_path / "absent"))
+    state.mkdir()
+    assert status("--config", config).returncode == 3
+    assert not (tmp_path / "afmetrics.prom").exists()  # not from the config file: a check writes nothing
+    done = status("--config", config, "--textfile-dir", tmp_path)
+    assert (done.returncode, done.stderr) == (3, "")
+    text = (tmp_path / "afmetrics.prom").read_text()
+    checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert (checked.returncode, checked.stdout + checked.stderr) == (0, "")
+    configured = config.stat().st_mtime
+    assert samples_of(text) == {
+        'afmetrics_last_success_timestamp_seconds{collector="condor"}': 0,
+        'afmetrics_last_success_timestamp_seconds{collector="ssh"}': 0,
+        'afmetrics_configured_timestamp_seconds{collector="condor"}': pytest.approx(configured, abs=0.01),
+        'afmetrics_configured_timestamp_seconds{collector="ssh"}': pytest.approx(configured, abs=0.01)}
 
 
 def test_a_configuration_error_is_recorded_at_once(collect, status, state, tmp_path):
@@ -268,10 +295,14 @@ def test_a_configuration_error_is_recorded_at_once(collect, status, state, tmp_p
         assert (run["exit_status"], run["last_error"], run["source_error"]) == (2, reason, "")
         assert (run["collected"], run["delivered"], run["last_success"]) == (0, 0, succeeded if name == "ssh"
                                                                               else run["last_success"])
-    done = status()
-    assert done.returncode == 2
-    assert lines_of(done)[:2] == ["CRITICAL host: configuration error: " + reason + lines_of(done)[0].split(reason)[1],
-                                  "CRITICAL ssh: configuration error: " + reason + lines_of(done)[1].split(reason)[1]]
+    # --status reads the records with the same config (the run user's group, root with --config): it says the
+    # bad value in one line and shows them, not UNKNOWN.
+    for done in status(), status("--config", config):
+        assert done.returncode == 2
+        assert lines_of(done)[:2] == [
+            "CRITICAL host: configuration error: " + reason + lines_of(done)[0].split(reason)[1],
+            "CRITICAL ssh: configuration error: " + reason + lines_of(done)[1].split(reason)[1]]
+    assert log_lines(done.stderr) == ["ERROR:afmetrics:" + reason]
     samples = samples_of((tmp_path / "afmetrics.prom").read_text())
     assert samples['afmetrics_last_run_exit_status{collector="ssh"}'] == 2
     assert samples['afmetrics_last_success_timestamp_seconds{collector="ssh"}'] == succeeded
