@@ -198,11 +198,11 @@ def test_status_exit_codes_follow_the_nagios_convention(collect, status, receive
     config = state.parent / "afmetrics.conf"
     config.write_text("[afmetrics]\nstale_after = 0\n")
     assert status("--config", config).returncode == 1
-    # A last success in the future (the clock stepped back) would hide staleness: a warning.
-    age_record(state, "ssh", last_success=-3600)
+    # A last run (and success) in the future (the clock stepped back) would hide staleness: a warning.
+    age_record(state, "ssh", last_success=-3600, end=-3600)
     done = status()
     assert done.returncode == 1
-    assert re.match(r"WARNING ssh: last success 3[56]\d\d s in the future: the clock was stepped back;",
+    assert re.match(r"WARNING ssh: last run 3[56]\d\d s in the future: the clock was stepped back;",
                     lines_of(done)[0])
     # 2 CRITICAL: a source failing, even while the last success is recent; worse than UNKNOWN.
     receiver.restore()
@@ -315,10 +315,22 @@ def test_endpoint_down_is_a_warning_until_the_kept_documents_are_old(collect, st
     age_record(state, "ssh", spool_oldest_timestamp=60, end=901)
     done = status("-s")
     assert done.returncode == 2 and lines_of(done)[0].startswith("CRITICAL ssh: no run for over 900 s (the last 15 min")
+    # The runs stopped, not the endpoint: the fleet check must not take it for an endpoint down.
+    entry = json.loads(status("-s", "--json").stdout)["collectors"][0]
+    assert (entry["status"], entry["endpoint_down"]) == ("CRITICAL", False)
     # A source failing while the endpoint is down: the node cannot collect, whatever the endpoint does.
     assert collect("--send-budget", "1", collectors=("-s",), env={"PATH": "/nonexistent"}).returncode == 1
     entry = json.loads(status("-s", "--json").stdout)["collectors"][0]
     assert (entry["status"], entry["endpoint_down"]) == ("CRITICAL", False)
+
+
+def test_a_run_that_ended_within_the_clock_slack_ahead_is_as_fresh_as_now(collect, status, state):
+    # The node's clock stepped back 30 s after a successful run (NTP): its end and last success lie ahead of now.
+    assert collect(collectors=("-s",)).returncode == 0
+    age_record(state, "ssh", last_success=-30, end=-30)
+    done = status("-s")
+    assert (done.returncode, lines_of(done)[0].split(";")[0]) == (0, "OK ssh: delivered 1 document(s)")
+    assert status("-s", "-w", "@0:10").returncode == 1  # an age of 0, not -30: inside a range that alerts inside
 
 
 @pytest.mark.parametrize("text, inside, outside", [
