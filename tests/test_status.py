@@ -379,28 +379,49 @@ def test_status_json_says_the_same_for_machines(collect, status, receiver, state
     assert status("--json", script="host.py").returncode == 1
 
 
+def node_status(status):
+    """One node's registered `--status --json` as playbooks/status.yml's hostvars hold it."""
+    done = status("--json")
+    return {"_afmetrics_status_run": {"rc": done.returncode, "stdout": done.stdout, "stderr": done.stderr}}
+
+
 def test_fleet_check_says_endpoint_down_once_and_fails_only_nodes_that_cannot_collect(collect, status, receiver,
                                                                                       state):
-    def node_status():
-        done = status("--json")
-        return {"_afmetrics_status_run": {"rc": done.returncode, "stdout": done.stdout, "stderr": done.stderr}}
-
     hostvars = {}
     assert collect().returncode == 0
-    hostvars["login01"] = node_status()
+    hostvars["login01"] = node_status(status)
     receiver.answer_always(503)
     assert collect("--send-budget", "1").returncode == 1
-    hostvars["login02"] = node_status()
+    hostvars["login02"] = node_status(status)
     age_record(state, "host", spool_oldest_timestamp=90000)  # kept longer than spool_critical_after
-    hostvars["login03"] = node_status()
+    hostvars["login03"] = node_status(status)
     assert json.loads(hostvars["login03"]["_afmetrics_status_run"]["stdout"])["status"] == "CRITICAL"
     assert collect("--send-budget", "1", collectors=("-s",), env={"PATH": "/nonexistent"}).returncode == 1
-    hostvars["login04"] = node_status()  # ssh cannot collect; host keeps its documents
+    hostvars["login04"] = node_status(status)  # ssh cannot collect; host keeps its documents
     fleet = afmetrics_fleet.afmetrics_fleet_status(hostvars, ["login0%d" % n for n in range(1, 6)])
-    assert (fleet["critical"], fleet["endpoint_down"], fleet["unanswered"]) == (
-        ["login04"], ["login02", "login03", "login04"], ["login05"])
+    # 2 of the 3 nodes that can collect keep documents: the endpoint's; login03's and login04's host documents are
+    # too old to wait for it.
+    assert (fleet["critical"], fleet["undelivered"], fleet["endpoint_down"], fleet["unanswered"]) == (
+        ["login04"], ["login03", "login04"], ["login02", "login03", "login04"], ["login05"])
     assert fleet["lines"][-2:] == ["endpoint down on 3 nodes: login02, login03, login04 (documents kept for later)",
                                    "5 nodes: 1 OK, 1 WARNING, 2 CRITICAL, 1 NO ANSWER"]
+
+
+def test_fleet_check_fails_a_node_whose_endpoint_alone_is_down(collect, status, receiver, state):
+    assert collect().returncode == 0
+    hostvars = {"login%02d" % n: node_status(status) for n in range(1, 20)}
+    receiver.answer_always(503)  # login20's proxy is broken: the others deliver
+    assert collect("--send-budget", "1").returncode == 1
+    hostvars["login20"] = node_status(status)
+    fleet = afmetrics_fleet.afmetrics_fleet_status(hostvars, sorted(hostvars))
+    assert (fleet["critical"], fleet["undelivered"], fleet["endpoint_down"]) == ([], ["login20"], [])
+    assert fleet["lines"][-1] == "20 nodes: 19 OK, 1 WARNING"
+    # Kept longer than spool_critical_after: it cannot deliver, even when the fleet's endpoint is down.
+    age_record(state, "host", spool_oldest_timestamp=25200)
+    hostvars["login20"] = node_status(status)
+    assert afmetrics_fleet.afmetrics_fleet_status(hostvars, sorted(hostvars))["undelivered"] == ["login20"]
+    fleet = afmetrics_fleet.afmetrics_fleet_status(dict(hostvars, login01=hostvars["login20"]), ["login01", "login20"])
+    assert (fleet["undelivered"], fleet["endpoint_down"]) == (["login01", "login20"], ["login01", "login20"])
 
 
 def as_nobody(*argv, env=None):
