@@ -6,8 +6,10 @@ judge() gives each collector's state and says whether it is the endpoint's doing
   within it; no success within it for any reason but the endpoint;
 - documents kept because the endpoint is down (the last run exited 1 with no source failing and left documents in
   the spool): 1 WARNING while the oldest of them is younger than spool_critical_after seconds, 2 CRITICAL after;
-- 1 WARNING: the last success's age is outside the warning range, documents were refused or dropped, the last run
-  did not end in 0, or the last success lies in the future (a clock stepped back would hide staleness);
+- 1 WARNING, judged before any age: the last run ended more than CLOCK_SLACK in the future (a clock stepped back
+  would hide staleness); ages within it count as 0;
+- 1 WARNING: the last success's age is outside the warning range, documents were refused or dropped, or the last
+  run did not end in 0;
 - 3 UNKNOWN: no record, and not configured for longer than the critical threshold (or not known to be); 0 OK.
 The thresholds are Nagios ranges (parse_range(): "900" alerts above 900, "@10:20" inside, as the Monitoring
 Plugins guidelines define them, https://www.monitoring-plugins.org/doc/guidelines.html#THRESHOLDFORMAT) on the age
@@ -42,6 +44,9 @@ Collector = collections.namedtuple("Collector", "record configured_at spool_byte
 # The thresholds: warning and critical Ranges (None: none) on the last success's age, and the age of the oldest
 # document kept for the endpoint after which that is CRITICAL (0: never).
 Limits = collections.namedtuple("Limits", "warning critical spool_critical_after")
+# judge()'s answer: the state, why, and whether the endpoint being down decided it (documents kept for it, the runs
+# going on): only then is the state the endpoint's doing, not the node's.
+Verdict = collections.namedtuple("Verdict", "state reason endpoint_down", defaults=(False,))
 
 
 class Range(collections.namedtuple("Range", "start end inside text")):
@@ -101,43 +106,47 @@ def endpoint_down(record):
 
 
 def judge(record, now, limits, configured_at=None):
-    """(state, reason) of one collector from its last record (None: no record)."""
+    """Verdict of one collector from its last record (None: no record)."""
     critical, warning = limits.critical, limits.warning
     if record is None:
         if configured_at is None:
-            return UNKNOWN, "no run recorded yet"
+            return Verdict(UNKNOWN, "no run recorded yet")
         if critical and critical.alerts(now - configured_at):
-            return CRITICAL, "configured %s and no run %s: is cron running it?" % (
-                _ago(now - configured_at), _threshold(critical))
-        return UNKNOWN, "no run recorded yet (configured %s)" % _ago(now - configured_at)
+            return Verdict(CRITICAL, "configured %s and no run %s: is cron running it?" % (
+                _ago(now - configured_at), _threshold(critical)))
+        return Verdict(UNKNOWN, "no run recorded yet (configured %s)" % _ago(now - configured_at))
     last_success = record["last_success"]
     success_age = math.inf if last_success is None else now - last_success
     error = record["last_error"] or "no error line"
     if record["exit_status"] == EXIT_USAGE:
-        return CRITICAL, "configuration error: %s" % error
+        return Verdict(CRITICAL, "configuration error: %s" % error)
     if record["source_error"]:
-        return CRITICAL, "source failing: %s" % record["source_error"]
-    if last_success is not None and last_success > now + CLOCK_SLACK:
-        return WARNING, "last success %s: the clock was stepped back" % _ago(success_age)
+        return Verdict(CRITICAL, "source failing: %s" % record["source_error"])
+    # Before any range: a run that ended ahead of now (last_success is one's end) is a clock stepped back; within
+    # the slack, the clocks' difference, an age of 0, not one outside 0..stale_after.
+    latest = max(record["end"], last_success or 0)
+    if latest > now + CLOCK_SLACK:
+        return Verdict(WARNING, "last run %s: the clock was stepped back" % _ago(now - latest))
+    run_age, success_age = max(0, now - record["end"]), max(0, success_age)
     since = "never" if last_success is None else "not since %s" % _ago(success_age)
-    if critical and critical.alerts(now - record["end"]):
-        return CRITICAL, "no run %s (the last %s): %s" % (_threshold(critical), _ago(now - record["end"]), error)
+    if critical and critical.alerts(run_age):
+        return Verdict(CRITICAL, "no run %s (the last %s): %s" % (_threshold(critical), _ago(run_age), error))
     if endpoint_down(record):
         oldest = record["spool_oldest_timestamp"]
-        oldest_age = now - (record["end"] if oldest is None else oldest)
+        oldest_age = max(0, now - (record["end"] if oldest is None else oldest))
         text = "endpoint down: %d document(s) kept for later, the oldest %s (last success %s): %s" % (
             record["spool_documents"], _ago(oldest_age), since.replace("not since ", ""), error)
         late = limits.spool_critical_after and oldest_age > limits.spool_critical_after
-        return (CRITICAL if late else WARNING), text
+        return Verdict(CRITICAL if late else WARNING, text, True)
     if critical and critical.alerts(success_age):
-        return CRITICAL, "no successful run %s (%s): %s" % (_threshold(critical), since, error)
+        return Verdict(CRITICAL, "no successful run %s (%s): %s" % (_threshold(critical), since, error))
     if warning and warning.alerts(success_age):
-        return WARNING, "no successful run %s (%s)" % (_threshold(warning), since)
+        return Verdict(WARNING, "no successful run %s (%s)" % (_threshold(warning), since))
     if record["dropped"]:
-        return WARNING, "%d document(s) dropped by the full or expired spool: %s" % (record["dropped"], error)
+        return Verdict(WARNING, "%d document(s) dropped by the full or expired spool: %s" % (record["dropped"], error))
     if record["exit_status"] != 0:
-        return WARNING, "last run exit %d: %s" % (record["exit_status"], error)
-    return OK, "delivered %d document(s)" % record["delivered"]
+        return Verdict(WARNING, "last run exit %d: %s" % (record["exit_status"], error))
+    return Verdict(OK, "delivered %d document(s)" % record["delivered"])
 
 
 def _line(name, state, reason, record, now):
@@ -184,11 +193,10 @@ def _iso(timestamp):
     return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _json_entry(name, state, reason, collector, now):
-    record = collector.record
-    entry = {"collector": name, "status": STATE_NAMES[state], "summary": reason,
-             "endpoint_down": state != OK and endpoint_down(record), "configured": _iso(collector.configured_at)}
-    record = record or {}
+def _json_entry(name, verdict, collector, now):
+    entry = {"collector": name, "status": STATE_NAMES[verdict.state], "summary": verdict.reason,
+             "endpoint_down": verdict.endpoint_down, "configured": _iso(collector.configured_at)}
+    record = collector.record or {}
     entry.update({"last_run": _iso(record.get("end")), "last_success": _iso(record.get("last_success")),
                   "exit_status": record.get("exit_status"), "duration_seconds": record.get("duration")})
     entry.update({outcome: record.get(outcome) for outcome in OUTCOMES})
@@ -204,14 +212,14 @@ def status_report(collectors, now, limits, as_json):
     """(text, exit status) for collectors: {name: Collector}, in the order to show them."""
     judged = [(name, judge(collector.record, now, limits, collector.configured_at), collector)
               for name, collector in collectors.items()]
-    overall = worst(state for _, (state, _), _ in judged)
+    overall = worst(verdict.state for _, verdict, _ in judged)
     if as_json:
-        entries = [_json_entry(name, state, reason, collector, now) for name, (state, reason), collector in judged]
+        entries = [_json_entry(name, verdict, collector, now) for name, verdict, collector in judged]
         return json.dumps({"status": STATE_NAMES[overall], "collectors": entries}, indent=2), overall
     if not judged:
         return "UNKNOWN: no collector has run yet", UNKNOWN
     judged.sort(key=lambda item: -SEVERITY[item[1][0]])  # stable: equal states keep the order given
-    lines = [_line(name, state, reason, collector.record, now) for name, (state, reason), collector in judged]
+    lines = [_line(name, state, reason, collector.record, now) for name, (state, reason, _), collector in judged]
     lines[0] += " | " + performance_data(collectors, now, limits)
     return "\n".join(lines), overall
 

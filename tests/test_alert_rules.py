@@ -1,7 +1,7 @@
 """deploy/prometheus/afmetrics-rules.yml under the real `promtool test rules`, on series made from the afmetrics.prom
 files of real collector runs: nodes that work, whose source fails, whose config is wrong, whose configured
-collector never ran, whose runs stopped, and whose endpoint is down (one node: its spool grows; most of the
-fleet: one alert for all).
+collector never ran, whose runs stopped, and whose endpoint is down (one node: its spool grows, also as one of
+two; most of the fleet: one alert for all).
 
 Each node's file comes from real runs to the real HTTPS receiver. It becomes one hour of series as node_exporter
 would show them while cron goes on running the same way every 5 minutes: the timestamps move to the test's clock
@@ -91,6 +91,15 @@ def timeline(text, instance, epoch, running=True):
     return series
 
 
+def fleet_series(texts, stopped=()):
+    """input_series of the nodes' afmetrics.prom ({node: text}), minute 0 the last of their real runs; the nodes in
+    stopped keep their files as they are."""
+    epoch = max(value for text in texts.values() for metric, _, value in samples(text)
+                if metric == "afmetrics_last_run_timestamp_seconds")
+    return [entry for name, text in sorted(texts.items())
+            for entry in timeline(text, name, epoch, running=name not in stopped)]
+
+
 def alert(name, instance, collector, severity="critical"):
     return {"exp_labels": {"severity": severity, "instance": instance, "job": "node", "collector": collector},
             "exp_annotations": {"summary": SUMMARIES[name].format(c=collector, i=instance)}}
@@ -125,10 +134,7 @@ def test_each_way_a_node_fails_fires_its_alert_and_no_other(node, receiver, prom
     done, files["login06"] = node("login06", "--send-budget", "1", collectors=("-s",))
     assert done.returncode == 1  # its documents kept: its endpoint is down, the others' is not
     texts = {name: (directory / "afmetrics.prom").read_text() for name, directory in files.items()}
-    epoch = max(value for text in texts.values() for metric, _, value in samples(text)
-                if metric == "afmetrics_last_run_timestamp_seconds")
-    series = [entry for name, text in sorted(texts.items())
-              for entry in timeline(text, name, epoch, running=name != "login05")]
+    series = fleet_series(texts, stopped=("login05",))
     expected = {
         "AfmetricsSourceFailing": [alert("AfmetricsSourceFailing", "login02", "ssh")],
         "AfmetricsConfigError": [alert("AfmetricsConfigError", "login03", "host"),
@@ -156,9 +162,7 @@ def test_the_endpoint_down_for_the_fleet_is_one_alert(node, receiver, promtool, 
         done, directory = node(name, "--send-budget", "1")
         assert done.returncode == 1
         texts[name] = (directory / "afmetrics.prom").read_text()
-    epoch = max(value for text in texts.values() for metric, _, value in samples(text)
-                if metric == "afmetrics_last_run_timestamp_seconds")
-    series = [entry for name, text in sorted(texts.items()) for entry in timeline(text, name, epoch)]
+    series = fleet_series(texts)
     summary = "the afmetrics endpoint takes no documents: 75% of the login nodes keep theirs for later"
     tests = [{"input_series": series, "interval": "1m", "alert_rule_test": [
         {"eval_time": "5m", "alertname": "AfmetricsEndpointDown", "exp_alerts": []},  # for 10m
@@ -167,6 +171,24 @@ def test_the_endpoint_down_for_the_fleet_is_one_alert(node, receiver, promtool, 
         {"eval_time": "40m", "alertname": "AfmetricsSpoolGrowing", "exp_alerts": []},
         {"eval_time": "40m", "alertname": "AfmetricsCollectorNoSuccess", "exp_alerts": []},
         {"eval_time": "40m", "alertname": "AfmetricsCollectorNotRunning", "exp_alerts": []},
+    ]}]
+    checked = run_promtool(promtool, tmp_path, tests)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_one_of_two_nodes_spooling_is_that_nodes_trouble_not_the_endpoints(node, receiver, promtool, tmp_path):
+    done, directory = node("login01", collectors=("-s",))
+    assert done.returncode == 0
+    texts = {"login01": (directory / "afmetrics.prom").read_text()}
+    receiver.answer_always(503)  # login02's proxy is broken: half of a 2-node fleet, and still its own trouble
+    done, directory = node("login02", "--send-budget", "1", collectors=("-s",))
+    assert done.returncode == 1
+    texts["login02"] = (directory / "afmetrics.prom").read_text()
+    series = fleet_series(texts)
+    tests = [{"input_series": series, "interval": "1m", "alert_rule_test": [
+        {"eval_time": "40m", "alertname": "AfmetricsSpoolGrowing",
+         "exp_alerts": [alert("AfmetricsSpoolGrowing", "login02", "ssh", "warning")]},
+        {"eval_time": "40m", "alertname": "AfmetricsEndpointDown", "exp_alerts": []},
     ]}]
     checked = run_promtool(promtool, tmp_path, tests)
     assert checked.returncode == 0, checked.stdout + checked.stderr

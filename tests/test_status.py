@@ -198,11 +198,11 @@ def test_status_exit_codes_follow_the_nagios_convention(collect, status, receive
     config = state.parent / "afmetrics.conf"
     config.write_text("[afmetrics]\nstale_after = 0\n")
     assert status("--config", config).returncode == 1
-    # A last success in the future (the clock stepped back) would hide staleness: a warning.
-    age_record(state, "ssh", last_success=-3600)
+    # A last run (and success) in the future (the clock stepped back) would hide staleness: a warning.
+    age_record(state, "ssh", last_success=-3600, end=-3600)
     done = status()
     assert done.returncode == 1
-    assert re.match(r"WARNING ssh: last success 3[56]\d\d s in the future: the clock was stepped back;",
+    assert re.match(r"WARNING ssh: last run 3[56]\d\d s in the future: the clock was stepped back;",
                     lines_of(done)[0])
     # 2 CRITICAL: a source failing, even while the last success is recent; worse than UNKNOWN.
     receiver.restore()
@@ -346,10 +346,22 @@ def test_endpoint_down_is_a_warning_until_the_kept_documents_are_old(collect, st
     age_record(state, "ssh", spool_oldest_timestamp=60, end=901)
     done = status("-s")
     assert done.returncode == 2 and lines_of(done)[0].startswith("CRITICAL ssh: no run for over 900 s (the last 15 min")
+    # The runs stopped, not the endpoint: the fleet check must not take it for an endpoint down.
+    entry = json.loads(status("-s", "--json").stdout)["collectors"][0]
+    assert (entry["status"], entry["endpoint_down"]) == ("CRITICAL", False)
     # A source failing while the endpoint is down: the node cannot collect, whatever the endpoint does.
     assert collect("--send-budget", "1", collectors=("-s",), env={"PATH": "/nonexistent"}).returncode == 1
     entry = json.loads(status("-s", "--json").stdout)["collectors"][0]
     assert (entry["status"], entry["endpoint_down"]) == ("CRITICAL", False)
+
+
+def test_a_run_that_ended_within_the_clock_slack_ahead_is_as_fresh_as_now(collect, status, state):
+    # The node's clock stepped back 30 s after a successful run (NTP): its end and last success lie ahead of now.
+    assert collect(collectors=("-s",)).returncode == 0
+    age_record(state, "ssh", last_success=-30, end=-30)
+    done = status("-s")
+    assert (done.returncode, lines_of(done)[0].split(";")[0]) == (0, "OK ssh: delivered 1 document(s)")
+    assert status("-s", "-w", "@0:10").returncode == 1  # an age of 0, not -30: inside a range that alerts inside
 
 
 @pytest.mark.parametrize("text, inside, outside", [
@@ -398,28 +410,49 @@ def test_status_json_says_the_same_for_machines(collect, status, receiver, state
     assert status("--json", script="host.py").returncode == 1
 
 
+def node_status(status):
+    """One node's registered `--status --json` as playbooks/status.yml's hostvars hold it."""
+    done = status("--json")
+    return {"_afmetrics_status_run": {"rc": done.returncode, "stdout": done.stdout, "stderr": done.stderr}}
+
+
 def test_fleet_check_says_endpoint_down_once_and_fails_only_nodes_that_cannot_collect(collect, status, receiver,
                                                                                       state):
-    def node_status():
-        done = status("--json")
-        return {"_afmetrics_status_run": {"rc": done.returncode, "stdout": done.stdout, "stderr": done.stderr}}
-
     hostvars = {}
     assert collect().returncode == 0
-    hostvars["login01"] = node_status()
+    hostvars["login01"] = node_status(status)
     receiver.answer_always(503)
     assert collect("--send-budget", "1").returncode == 1
-    hostvars["login02"] = node_status()
+    hostvars["login02"] = node_status(status)
     age_record(state, "host", spool_oldest_timestamp=90000)  # kept longer than spool_critical_after
-    hostvars["login03"] = node_status()
+    hostvars["login03"] = node_status(status)
     assert json.loads(hostvars["login03"]["_afmetrics_status_run"]["stdout"])["status"] == "CRITICAL"
     assert collect("--send-budget", "1", collectors=("-s",), env={"PATH": "/nonexistent"}).returncode == 1
-    hostvars["login04"] = node_status()  # ssh cannot collect; host keeps its documents
+    hostvars["login04"] = node_status(status)  # ssh cannot collect; host keeps its documents
     fleet = afmetrics_fleet.afmetrics_fleet_status(hostvars, ["login0%d" % n for n in range(1, 6)])
-    assert (fleet["critical"], fleet["endpoint_down"], fleet["unanswered"]) == (
-        ["login04"], ["login02", "login03", "login04"], ["login05"])
+    # 2 of the 3 nodes that can collect keep documents: the endpoint's; login03's and login04's host documents are
+    # too old to wait for it.
+    assert (fleet["critical"], fleet["undelivered"], fleet["endpoint_down"], fleet["unanswered"]) == (
+        ["login04"], ["login03", "login04"], ["login02", "login03", "login04"], ["login05"])
     assert fleet["lines"][-2:] == ["endpoint down on 3 nodes: login02, login03, login04 (documents kept for later)",
                                    "5 nodes: 1 OK, 1 WARNING, 2 CRITICAL, 1 NO ANSWER"]
+
+
+def test_fleet_check_fails_a_node_whose_endpoint_alone_is_down(collect, status, receiver, state):
+    assert collect().returncode == 0
+    hostvars = {"login%02d" % n: node_status(status) for n in range(1, 20)}
+    receiver.answer_always(503)  # login20's proxy is broken: the others deliver
+    assert collect("--send-budget", "1").returncode == 1
+    hostvars["login20"] = node_status(status)
+    fleet = afmetrics_fleet.afmetrics_fleet_status(hostvars, sorted(hostvars))
+    assert (fleet["critical"], fleet["undelivered"], fleet["endpoint_down"]) == ([], ["login20"], [])
+    assert fleet["lines"][-1] == "20 nodes: 19 OK, 1 WARNING"
+    # Kept longer than spool_critical_after: it cannot deliver, even when the fleet's endpoint is down.
+    age_record(state, "host", spool_oldest_timestamp=25200)
+    hostvars["login20"] = node_status(status)
+    assert afmetrics_fleet.afmetrics_fleet_status(hostvars, sorted(hostvars))["undelivered"] == ["login20"]
+    fleet = afmetrics_fleet.afmetrics_fleet_status(dict(hostvars, login01=hostvars["login20"]), ["login01", "login20"])
+    assert (fleet["undelivered"], fleet["endpoint_down"]) == (["login01", "login20"], ["login01", "login20"])
 
 
 def as_nobody(*argv, env=None):

@@ -4,14 +4,18 @@
 afmetrics_fleet_status(hostvars, hosts, now=None): for the inventory names in hosts, each node's registered
     `_afmetrics_status_run` (a command result; missing where the node did not answer) is read into
     {"lines": [the table, one line per node and collector, a header first; then "endpoint down on N nodes: ..."
-               when a node keeps documents for the endpoint; a count last],
+               when the endpoint is down for the fleet; a count last],
      "critical": [nodes that cannot collect: a collector CRITICAL for another reason than the endpoint (a source
                   failing, a configuration error, no run)], "unanswered": [nodes with no status to read],
-     "endpoint_down": [nodes keeping documents because the endpoint does not take them (WARNING, or CRITICAL
-                       once they are older than spool_critical_after)],
+     "undelivered": [nodes that cannot deliver: keeping documents for the endpoint while it is not down for the
+                     fleet, or for longer than spool_critical_after (CRITICAL) in any case],
+     "endpoint_down": [nodes keeping documents because the endpoint does not take them, when it is down for the
+                       fleet: at least half the nodes that answered and can collect keep documents],
      "status": {node: OK|WARNING|CRITICAL|UNKNOWN|NO ANSWER}}.
-    An endpoint that is down is the central service's trouble, not the nodes': one line for all of them, and no
-    node fails the check for it.
+    An endpoint down for the fleet is the central service's trouble, not the nodes': one line for all of them, and
+    no node fails the check for it until its kept documents are too old. One node's endpoint down (its proxy, its
+    CA bundle, its network) is that node's: it fails the check. Nodes that cannot collect count for neither side:
+    they say nothing of the endpoint.
     Columns: node, collector, last success (UTC, and how long ago), outcome (status and the collector's summary),
     spool (documents kept for a later run, and the oldest one's age). A node whose command did not exit 0-3 with
     the JSON --status prints (no such command, a Python error) gets one row saying what it printed instead.
@@ -83,7 +87,7 @@ def _parsed(result):
 
 def afmetrics_fleet_status(hostvars, hosts, now=None):
     now = now or datetime.datetime.now(datetime.timezone.utc)
-    rows, status, critical, unanswered, endpoint_down = [], {}, [], [], []
+    rows, status, critical, unanswered, down, late = [], {}, [], [], [], []
     for node in sorted(hosts):
         reply, failure = _parsed(hostvars.get(node, {}).get("_afmetrics_status_run"))
         if failure:
@@ -97,7 +101,9 @@ def afmetrics_fleet_status(hostvars, hosts, now=None):
                 reply["status"] == "CRITICAL" and not collectors):
             critical.append(node)
         if any(c.get("endpoint_down") for c in collectors):
-            endpoint_down.append(node)
+            down.append(node)
+        if any(c.get("endpoint_down") and c.get("status") == "CRITICAL" for c in collectors):
+            late.append(node)
         for collector in collectors:
             outcome = collector.get("status", "?")
             if collector.get("summary"):
@@ -108,13 +114,18 @@ def afmetrics_fleet_status(hostvars, hosts, now=None):
             rows.append((node, "-", "-", reply["status"] + ": no collector has a record yet", "-"))
     widths = [max(len(row[i]) for row in rows + [HEADER]) for i in range(len(HEADER))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [HEADER] + rows]
+    collecting = [node for node in status if node not in unanswered and node not in critical]
+    down_collecting = [node for node in down if node in collecting]
+    fleet_down = bool(down_collecting) and 2 * len(down_collecting) >= len(collecting)
+    endpoint_down = down if fleet_down else []
+    undelivered = [node for node in down if node in late or not fleet_down]
     if endpoint_down:
         lines.append("endpoint down on %d node%s: %s (documents kept for later)" % (
             len(endpoint_down), "" if len(endpoint_down) == 1 else "s", ", ".join(endpoint_down)))
     counts = [(name, sum(1 for value in status.values() if value == name)) for name in STATUSES + ("NO ANSWER",)]
     lines.append("%d nodes: %s" % (len(status), ", ".join("%d %s" % (n, name) for name, n in counts if n)))
-    return {"lines": lines, "critical": critical, "unanswered": unanswered, "endpoint_down": endpoint_down,
-            "status": status}
+    return {"lines": lines, "critical": critical, "unanswered": unanswered, "undelivered": undelivered,
+            "endpoint_down": endpoint_down, "status": status}
 
 
 class FilterModule:
