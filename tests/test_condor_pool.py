@@ -237,7 +237,10 @@ def test_each_ended_job_is_reported_once_across_runs(condor_pool, job_mix, colle
     run({})
 
     reported = collections.Counter(job_id for _, jobs in runs for job_id in ended(jobs))
-    assert reported == dict.fromkeys(pool.history(), 1), "every finished or removed job exactly once"
+    # The pool may delete its oldest rotated history file meanwhile (seen on sid, where a session's earlier tests
+    # rotate it too): every job its history still holds is reported, and none twice.
+    assert set(reported.values()) == {1}, "no finished or removed job reported twice"
+    assert set(pool.history()) <= set(reported), "every finished or removed job in the history reported"
     for queued in pool.jobs():
         assert all(queued in jobs for _, jobs in runs), "queued jobs are reported every run"
 
